@@ -1,0 +1,69 @@
+"""offload's settings: one ``OFFLOAD = {...}`` dict in Django settings, with documented defaults.
+
+See ``docs/settings.md``. Environment variables (``OFFLOAD_HOME``, ``OFFLOAD_LOCAL_MAX_JOBS`` …)
+fill the defaults, so the start-* scripts can point the CLI and the monitor at an engine without a
+settings file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def default_home() -> Path:
+    """``$OFFLOAD_HOME``, else ``.offload`` in the current directory."""
+    return Path(os.environ.get("OFFLOAD_HOME") or Path.cwd() / ".offload").resolve()
+
+
+@dataclass(frozen=True)
+class OffloadSettings:
+    #: Root of offload's files: workspaces, the embedded SQLite database, local-engine state.
+    home: Path
+    #: Root of app and user workspaces (``<workspace_root>/<app>/app``, ``…/<app>/users/<user>``).
+    workspace_root: Path
+    #: Seconds between monitor cycles while jobs are active.
+    poll_interval: float = 5.0
+    #: Seconds between cycles while nothing is active (intents still wake it at this pace).
+    idle_interval: float = 1.0
+    #: Seconds a monitor's claim on an intent or a scheduler lasts without renewal.
+    lease_seconds: float = 60.0
+    #: Backoff for transient failures: first delay, factor, ceiling (seconds).
+    retry_initial: float = 2.0
+    retry_factor: float = 2.0
+    retry_max: float = 300.0
+    #: Seconds after the last successful contact before a job is flagged stale.
+    stale_after: float = 0.0
+    #: Jobs submitted per engine call.
+    submit_batch_size: int = 200
+    #: Engine options per engine kind, e.g. ``{"local": {"max_jobs": 4}}``.
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def get_settings() -> OffloadSettings:
+    from django.conf import settings as django_settings
+
+    raw: dict[str, Any] = dict(getattr(django_settings, "OFFLOAD", {}) or {})
+    home = Path(raw.get("HOME") or default_home()).resolve()
+    engines: dict[str, dict[str, Any]] = {
+        k.lower(): dict(v) for k, v in (raw.get("ENGINES") or {}).items()
+    }
+    local = engines.setdefault("local", {})
+    local.setdefault("state_dir", str(home / "local-engine"))
+    if os.environ.get("OFFLOAD_LOCAL_MAX_JOBS"):
+        local.setdefault("max_jobs", int(os.environ["OFFLOAD_LOCAL_MAX_JOBS"]))
+    return OffloadSettings(
+        home=home,
+        workspace_root=Path(raw.get("WORKSPACE_ROOT") or home / "workspaces").resolve(),
+        poll_interval=float(raw.get("POLL_INTERVAL", 5.0)),
+        idle_interval=float(raw.get("IDLE_INTERVAL", 1.0)),
+        lease_seconds=float(raw.get("LEASE_SECONDS", 60.0)),
+        retry_initial=float(raw.get("RETRY_INITIAL", 2.0)),
+        retry_factor=float(raw.get("RETRY_FACTOR", 2.0)),
+        retry_max=float(raw.get("RETRY_MAX", 300.0)),
+        stale_after=float(raw.get("STALE_AFTER", 0.0)),
+        submit_batch_size=int(raw.get("SUBMIT_BATCH_SIZE", 200)),
+        engines=engines,
+    )

@@ -1,0 +1,289 @@
+"""The engine contract: how the monitor (or the cluster agent) talks to any scheduler, in plain data.
+
+Engines import nothing from Django and never touch the database. The monitor hands them
+:class:`JobSpec` objects and :class:`JobHandle` objects and gets back :class:`SubmitResult` and
+:class:`NativeReport` objects; everything in them is JSON-serialisable, so the same engines run inside
+the portal's monitor and inside the agent on a remote cluster.
+
+The contract is shaped for batch schedulers: submissions come in batches, and one
+:meth:`Engine.poll_batch` call answers for every active job of a scheduler (one ``squeue`` or one
+``condor_q`` per cycle, never one per job). :class:`BatchSchedulerEngine` is the template method
+for command-line schedulers (after psij-python): a scheduler supplies only its submit command, how to
+read the native id from the submit output, one status command for many ids and its parser, and an
+accounting command for jobs that left the queue. Polling, batching and error handling live there once.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from offload.errors import EngineUnavailableError, NotSupportedError, SubmissionRejectedError
+from offload.status import Status
+from offload.transport.base import CommandResult, CommandRunner
+from offload.transport.local import LocalRunner
+
+
+def submission_key(job_id: int, attempt: int) -> str:
+    """The tag every native submission carries, so a monitor that crashed after submitting finds
+    the existing submission instead of submitting again."""
+    return f"offload-{job_id}-{attempt}"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run: everything an engine needs to submit one attempt of one job."""
+
+    job_id: int
+    attempt: int
+    job_type: str
+    name: str
+    workspace: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return submission_key(self.job_id, self.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"parameters": dict(self.parameters)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A submitted attempt: the native id and whatever engine state the engine asked to keep."""
+
+    job_id: int
+    attempt: int
+    native_id: str
+    workspace: str
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return submission_key(self.job_id, self.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"state": dict(self.state)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobHandle:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+class SubmitOutcome(enum.StrEnum):
+    SUBMITTED = "submitted"  # the scheduler has it; native_id is set
+    DEFERRED = "deferred"  # no capacity right now (e.g. local slots full); try again next cycle
+    REJECTED = "rejected"  # the job itself is wrong; it becomes Error with the message
+    UNAVAILABLE = "unavailable"  # the scheduler could not be reached; retried with backoff
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: int
+    outcome: SubmitOutcome
+    native_id: str = ""
+    state: Mapping[str, Any] = field(default_factory=dict)
+    #: The status right after submission (a local process is Running at once).
+    status: Status = Status.SUBMITTED
+    native_status: str = ""
+    message: str = ""
+    #: True when the engine found an earlier submission with the same key and adopted it.
+    adopted: bool = False
+
+
+@dataclass(frozen=True)
+class NativeReport:
+    """An engine's answer about one job. ``status`` None means the scheduler no longer knows the
+    job and its accounting has no record either: the monitor flags the job stale, never Error."""
+
+    job_id: int
+    status: Status | None
+    native_status: str = ""
+    message: str = ""
+    exit_code: int | None = None
+    #: Engine state to merge into the stored state (per-task states, log paths …).
+    state: Mapping[str, Any] | None = None
+
+
+class Engine(abc.ABC):
+    """One scheduler, configured by plain options. Instances are cheap, reused across cycles, and
+    must be safe to call from one thread at a time."""
+
+    #: Short name used in settings and scheduler records (``'local'``, ``'slurm'`` …).
+    kind: ClassVar[str]
+    can_pause: ClassVar[bool] = False
+    #: True when a running job can be stopped (every real engine).
+    can_cancel: ClassVar[bool] = True
+    #: True when the engine runs nothing (BASIC): the monitor never polls it.
+    executes: ClassVar[bool] = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options: dict[str, Any] = dict(options or {})
+
+    # -- validation (pure, no I/O) ---------------------------------------------------------
+    def validate(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Check and normalise a job's parameters; raise ``InvalidJobError(field, problem)``."""
+        return dict(parameters)
+
+    # -- the batch contract -----------------------------------------------------------------
+    @abc.abstractmethod
+    def submit_batch(self, specs: Sequence[JobSpec]) -> list[SubmitResult]:
+        """Submit each spec, returning one result per spec in order. Must be idempotent per
+        ``spec.key``: if a submission with that key exists, adopt it rather than submit again."""
+
+    @abc.abstractmethod
+    def poll_batch(self, handles: Sequence[JobHandle]) -> dict[int, NativeReport]:
+        """One status query for all ``handles``. Raise :class:`EngineUnavailableError` when the
+        scheduler cannot be reached; leave a job out (or report ``status=None``) when it is unknown."""
+
+    def cancel(self, handle: JobHandle) -> None:
+        raise NotSupportedError(f"the {self.kind} engine cannot stop jobs")
+
+    def pause(self, handle: JobHandle) -> None:
+        raise NotSupportedError(f"the {self.kind} engine cannot pause jobs")
+
+    def resume(self, handle: JobHandle) -> None:
+        raise NotSupportedError(f"the {self.kind} engine cannot resume jobs")
+
+    def get_logs(self, handle: JobHandle) -> dict[str, str]:
+        """Log name → text, readable while the job runs and after."""
+        return {}
+
+    def cleanup(self, handle: JobHandle) -> None:
+        """Remove the job from the scheduler and delete the engine's own files for it."""
+
+    def close(self) -> None:
+        """Release connections; the engine is not used again."""
+
+
+class BatchSchedulerEngine(Engine):
+    """Template method for command-line batch schedulers (Slurm, PBS, Grid Engine, HTCondor CLI).
+
+    Subclasses supply the scheduler-specific pieces; submission, batching, the queue-then-accounting
+    poll and the mapping of transport failures to "stale" are here, once.
+    """
+
+    #: Seconds a scheduler command may take before the scheduler counts as unreachable.
+    command_timeout: ClassVar[float] = 60.0
+
+    def __init__(
+        self, options: Mapping[str, Any] | None = None, runner: CommandRunner | None = None
+    ) -> None:
+        super().__init__(options)
+        self.runner: CommandRunner = runner if runner is not None else LocalRunner()
+
+    # -- what a scheduler supplies ---------------------------------------------------------
+    @abc.abstractmethod
+    def write_submission(self, spec: JobSpec) -> str:
+        """Write the job's script/description into its workspace (through ``self.runner``) and
+        return its path. Values must be quoted: nothing a user wrote may become a directive."""
+
+    @abc.abstractmethod
+    def submit_command(self, spec: JobSpec, script_path: str) -> list[str]:
+        """The argument list that submits ``script_path``."""
+
+    @abc.abstractmethod
+    def parse_submit_output(self, result: CommandResult) -> str:
+        """The native id from a successful submit command's output."""
+
+    @abc.abstractmethod
+    def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        """One command that reports on every id in ``native_ids``."""
+
+    @abc.abstractmethod
+    def parse_status_output(
+        self, result: CommandResult, handles: Mapping[str, JobHandle]
+    ) -> dict[int, NativeReport]:
+        """Reports for the jobs the queue still knows, keyed by job id."""
+
+    def accounting_command(self, native_ids: Sequence[str]) -> list[str] | None:
+        """One command asking the accounting about jobs that left the queue (None: no accounting)."""
+        return None
+
+    def parse_accounting_output(
+        self, result: CommandResult, handles: Mapping[str, JobHandle]
+    ) -> dict[int, NativeReport]:
+        return {}
+
+    def find_submissions(self, specs: Sequence[JobSpec]) -> dict[str, str]:
+        """Submission key → native id of submissions that already exist (crash recovery)."""
+        return {}
+
+    def cancel_command(self, native_id: str) -> list[str]:
+        raise NotSupportedError(f"the {self.kind} engine cannot stop jobs")
+
+    # -- the template ----------------------------------------------------------------------
+    def run(self, argv: Sequence[str]) -> CommandResult:
+        return self.runner.run(list(argv), timeout=self.command_timeout)
+
+    def submit_batch(self, specs: Sequence[JobSpec]) -> list[SubmitResult]:
+        try:
+            existing = self.find_submissions(specs) if specs else {}
+        except EngineUnavailableError as exc:
+            return [
+                SubmitResult(s.job_id, SubmitOutcome.UNAVAILABLE, message=str(exc)) for s in specs
+            ]
+        results: list[SubmitResult] = []
+        for spec in specs:
+            if spec.key in existing:
+                results.append(
+                    SubmitResult(
+                        spec.job_id,
+                        SubmitOutcome.SUBMITTED,
+                        native_id=existing[spec.key],
+                        adopted=True,
+                    )
+                )
+                continue
+            try:
+                script = self.write_submission(spec)
+                result = self.run(self.submit_command(spec, script))
+                if result.returncode != 0:
+                    raise SubmissionRejectedError(
+                        f"{self.kind} refused the job (exit {result.returncode}): "
+                        f"{result.stderr.strip() or result.stdout.strip()}"
+                    )
+                native_id = self.parse_submit_output(result)
+            except EngineUnavailableError as exc:
+                results.append(
+                    SubmitResult(spec.job_id, SubmitOutcome.UNAVAILABLE, message=str(exc))
+                )
+            except SubmissionRejectedError as exc:
+                results.append(SubmitResult(spec.job_id, SubmitOutcome.REJECTED, message=str(exc)))
+            else:
+                results.append(
+                    SubmitResult(spec.job_id, SubmitOutcome.SUBMITTED, native_id=native_id)
+                )
+        return results
+
+    def poll_batch(self, handles: Sequence[JobHandle]) -> dict[int, NativeReport]:
+        if not handles:
+            return {}
+        by_native = {h.native_id: h for h in handles}
+        queue = self.run(self.status_command(list(by_native)))
+        reports = self.parse_status_output(queue, by_native)
+        seen = {h.native_id for h in handles if h.job_id in reports}
+        left = [nid for nid in by_native if nid not in seen]
+        if left:
+            command = self.accounting_command(left)
+            if command is not None:
+                acct = self.run(command)
+                reports.update(self.parse_accounting_output(acct, {n: by_native[n] for n in left}))
+        # Whatever neither the queue nor the accounting knows stays unknown: stale, not failed.
+        return reports
+
+    def cancel(self, handle: JobHandle) -> None:
+        result = self.run(self.cancel_command(handle.native_id))
+        if result.returncode != 0:
+            raise SubmissionRejectedError(
+                f"{self.kind} could not stop job {handle.native_id}: {result.stderr.strip()}"
+            )

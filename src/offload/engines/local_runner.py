@@ -1,0 +1,162 @@
+"""The detached runner of one LOCAL job attempt (standard library only, run by file path).
+
+``python local_runner.py ATTEMPT_DIR`` detaches (double fork, new session), so the job outlives the
+monitor that started it, then runs the command described in ``ATTEMPT_DIR/command.json`` as its own
+process group, sends its output to ``stdout.log``/``stderr.log``, and records the exit status in
+``exit.json`` (written atomically). A restarted monitor reads ``runner.json`` to re-attach and
+``exit.json`` to learn how the job ended; it never needs to have been the runner's parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[0] if fields else None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def run(attempt_dir: Path) -> int:
+    command = json.loads((attempt_dir / "command.json").read_text())
+    argv: list[str] = command["argv"]
+    env: dict[str, str] = command["env"]
+    cwd: str = command["cwd"]
+    grace: float = float(command.get("kill_grace", 10))
+    slot_file = command.get("slot_file")
+
+    # The runner survives the terminal and monitor that started it; only the job's group is signalled.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+    stdout = open(attempt_dir / "stdout.log", "ab")  # noqa: SIM115 - held for the child's lifetime
+    stderr = open(attempt_dir / "stderr.log", "ab")  # noqa: SIM115
+    started = time.time()
+    try:
+        child = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            restore_signals=True,
+        )
+    except OSError as exc:
+        write_json_atomic(
+            attempt_dir / "exit.json",
+            {
+                "returncode": None,
+                "error": f"could not start {argv[0]!r}: {exc.strerror or exc}",
+                "started": started,
+                "finished": time.time(),
+            },
+        )
+        _release_slot(slot_file)
+        return 0
+
+    write_json_atomic(
+        attempt_dir / "runner.json",
+        {
+            "runner_pid": os.getpid(),
+            "runner_start": proc_start_time(os.getpid()),
+            "pid": child.pid,
+            "pgid": child.pid,
+            "start": proc_start_time(child.pid),
+            "started": started,
+        },
+    )
+
+    def escalate(_signum: int, _frame: object) -> None:
+        # The engine asked us to make sure the job ends: SIGKILL the group after the grace period.
+        def kill_later() -> None:
+            time.sleep(grace)
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+        threading.Thread(target=kill_later, daemon=True).start()
+
+    signal.signal(signal.SIGUSR1, escalate)
+    returncode = child.wait()
+    write_json_atomic(
+        attempt_dir / "exit.json",
+        {"returncode": returncode, "started": started, "finished": time.time()},
+    )
+    _release_slot(slot_file)
+    return 0
+
+
+def _release_slot(slot_file: str | None) -> None:
+    if slot_file:
+        try:
+            os.unlink(slot_file)
+        except OSError:
+            pass
+
+
+def main() -> None:
+    attempt_dir = Path(sys.argv[1])
+    # Detach: the first child starts a new session, the grandchild runs the job, the first child
+    # exits at once so the monitor's wait() returns and no zombie is left with the monitor.
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    try:
+        code = run(attempt_dir)
+    except BaseException as exc:  # record why, so the job errs with a reason instead of vanishing
+        try:
+            write_json_atomic(
+                attempt_dir / "exit.json",
+                {
+                    "returncode": None,
+                    "error": f"local runner failed: {exc!r}",
+                    "finished": time.time(),
+                },
+            )
+        finally:
+            os._exit(1)
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

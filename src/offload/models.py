@@ -1,0 +1,498 @@
+"""Django models: one ``Job`` table for every job type (a proxy class per type), the append-only
+``JobEvent`` history, the ``JobIntent`` queue the monitors carry out, ``Scheduler`` records and the
+monitors' leases.
+
+Only :mod:`offload.store` writes ``Job``, ``JobEvent`` and ``JobIntent`` rows; the methods on
+``Job`` are thin, Tethys-compatible entry points into it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.utils import timezone
+
+from offload.status import (
+    ACTIVE_STATUSES,
+    NON_TERMINAL_STATUSES,
+    PRE_RUNNING_STATUSES,
+    RUNNING_STATUSES,
+    STATUS_CHOICES,
+    TERMINAL_STATUSES,
+    Category,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from offload.engines.base import JobHandle
+
+OTHER_STATUS_KEY = "__other_status__"
+OTHER_CATEGORY_KEY = "__other_category__"
+
+
+class EventSource(models.TextChoices):
+    APP = "app", "app code"
+    USER = "user", "a user"
+    MONITOR = "monitor", "the monitor"
+    POLL = "poll", "a scheduler poll"
+    PUSH = "push", "a pushed report"
+
+
+class IntentAction(models.TextChoices):
+    EXECUTE = "execute"
+    STOP = "stop"
+    PAUSE = "pause"
+    RESUME = "resume"
+    RESUBMIT = "resubmit"
+    DELETE = "delete"
+    REFRESH = "refresh"
+    RESULTS = "results"
+
+
+class SchedulerType(models.TextChoices):
+    LOCAL = "local", "Local processes"
+    CONDOR = "condor", "HTCondor"
+    SLURM = "slurm", "Slurm"
+    PBS = "pbs", "PBS"
+    SGE = "sge", "Grid Engine"
+    DASK = "dask", "Dask"
+    AGENT = "agent", "Remote agent"
+
+
+def json_copy(value: Any) -> Any:
+    """A copy of a JSON value deep enough that in-place edits of the original show as changes."""
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_copy(v) for v in value]
+    return value
+
+
+def _fernet_key() -> bytes:
+    digest = hashlib.sha256(("offload-secrets:" + settings.SECRET_KEY).encode()).digest()
+    return base64.urlsafe_b64encode(digest)
+
+
+class Scheduler(models.Model):
+    """A scheduler a job can run on (an HTCondor pool, a Slurm cluster …) and how to reach it.
+
+    Secrets (passwords, private-key passphrases) are encrypted at rest with a key derived from
+    ``SECRET_KEY``; read them with :meth:`get_secrets`.
+    """
+
+    name = models.CharField(max_length=255, unique=True)
+    scheduler_type = models.CharField(max_length=16, choices=SchedulerType.choices)
+    host = models.CharField(max_length=1024, blank=True, default="")
+    port = models.PositiveIntegerField(null=True, blank=True)
+    username = models.CharField(max_length=255, blank=True, default="")
+    options = models.JSONField(default=dict, blank=True)
+    secrets_encrypted = models.TextField(blank=True, default="", editable=False)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.scheduler_type})"
+
+    def set_secrets(self, secrets: dict[str, str]) -> None:
+        from cryptography.fernet import Fernet
+
+        clean = {k: v for k, v in secrets.items() if v}
+        self.secrets_encrypted = (
+            Fernet(_fernet_key()).encrypt(json.dumps(clean).encode()).decode() if clean else ""
+        )
+
+    def get_secrets(self) -> dict[str, str]:
+        if not self.secrets_encrypted:
+            return {}
+        from cryptography.fernet import Fernet
+
+        data = json.loads(Fernet(_fernet_key()).decrypt(self.secrets_encrypted.encode()))
+        return dict(data)
+
+    def engine_options(self) -> dict[str, Any]:
+        """Plain options for the engine: the record's fields, its options and its secrets."""
+        return {
+            **self.options,
+            "host": self.host,
+            "port": self.port,
+            "username": self.username,
+            **self.get_secrets(),
+        }
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    def visible(self) -> JobQuerySet:
+        return self.filter(deleted_at__isnull=True)
+
+
+class Job(models.Model):
+    """Every job, whatever its type. ``job_type`` picks the engine and the proxy class."""
+
+    # Tethys's category lists, on the class as Tethys has them.
+    PRE_RUNNING_STATUSES = PRE_RUNNING_STATUSES
+    RUNNING_STATUSES = RUNNING_STATUSES
+    ACTIVE_STATUSES = ACTIVE_STATUSES
+    NON_TERMINAL_STATUSES = NON_TERMINAL_STATUSES
+    TERMINAL_STATUSES = TERMINAL_STATUSES
+    STATUSES = tuple(STATUS_CHOICES)
+    OTHER_STATUS_KEY = OTHER_STATUS_KEY
+
+    #: The job-type code of this class; set on each proxy.
+    type_code: ClassVar[str] = ""
+    #: Engine kind used when the job has no scheduler record.
+    engine_kind: ClassVar[str] = "basic"
+    #: Type-specific attributes kept in ``parameters`` (accepted as create_job kwargs).
+    parameter_names: ClassVar[tuple[str, ...]] = ()
+
+    id = models.BigAutoField(primary_key=True)
+    name = models.CharField(max_length=1024)
+    description = models.CharField(max_length=2048, blank=True, default="")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="offload_jobs",
+    )
+    groups = models.ManyToManyField(Group, blank=True, related_name="offload_jobs")
+    label = models.CharField(max_length=1024, db_index=True)
+    job_type = models.CharField(max_length=32, db_index=True)
+    creation_time = models.DateTimeField(default=timezone.now)
+    execute_time = models.DateTimeField(null=True, blank=True)
+    start_time = models.DateTimeField(null=True, blank=True)
+    completion_time = models.DateTimeField(null=True, blank=True)
+    workspace = models.CharField(max_length=1024, blank=True, default="")
+    owns_workspace = models.BooleanField(default=False, editable=False)
+    extended_properties = models.JSONField(default=dict, blank=True)
+    status_message = models.TextField(blank=True, default="")
+    _status = models.CharField(
+        max_length=3, choices=STATUS_CHOICES, default=Status.PENDING.value, db_column="status"
+    )
+    _process_results_function = models.CharField(
+        max_length=1024, blank=True, default="", db_column="process_results_function"
+    )
+    parameters = models.JSONField(default=dict, blank=True)
+    scheduler = models.ForeignKey(
+        Scheduler, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs"
+    )
+    native_id = models.CharField(max_length=255, blank=True, default="")
+    native_status = models.CharField(max_length=255, blank=True, default="")
+    attempt = models.PositiveIntegerField(default=0)
+    engine_state = models.JSONField(default=dict, blank=True)
+    last_contact = models.DateTimeField(null=True, blank=True)
+    stale_since = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "job"
+        indexes: ClassVar[list[models.Index]] = [
+            models.Index(fields=["label", "user", "id"], name="offload_job_label_user"),
+            models.Index(fields=["_status", "job_type"], name="offload_job_status_type"),
+            models.Index(fields=["user", "id"], name="offload_job_user"),
+        ]
+        permissions = [
+            ("jobs_table_actions", "Can act on every job in the jobs table"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}: {self.name}"
+
+    def __lt__(self, other: Job) -> bool:
+        return (self.id or 0) < (other.id or 0)
+
+    # -- typed instances -------------------------------------------------------------------------
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Job:
+        instance = super().from_db(db, field_names, values, **kwargs)
+        # What was loaded, so save() writes only the fields app code changed.
+        instance._loaded = {  # type: ignore[attr-defined]
+            name: json_copy(v) for name, v in zip(field_names, values, strict=False)
+        }
+        proxy = JOB_TYPES.get(instance.job_type)
+        if proxy is not None and issubclass(proxy, cls):
+            instance.__class__ = proxy
+        return instance
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.job_type and self.type_code:
+            self.job_type = self.type_code
+
+    # -- Tethys's attributes ---------------------------------------------------------------------
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+    @property
+    def status_enum(self) -> Status:
+        return Status(self._status)
+
+    @property
+    def other_category(self) -> Category | None:
+        value = (self.extended_properties or {}).get(OTHER_CATEGORY_KEY)
+        return Category(value) if value else None
+
+    @property
+    def cached_status(self) -> str:
+        """The last known status's display name (the custom text for Other). Never a query."""
+        status = Status(self._status)
+        if status == Status.OTHER:
+            return str((self.extended_properties or {}).get(OTHER_STATUS_KEY) or "Other")
+        return status.display
+
+    @property
+    def status(self) -> str:
+        """The last known status. Never calls a scheduler and never writes: the monitor keeps it
+        current. Setting it is ``update_status(value)``."""
+        return self.cached_status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        self.update_status(status=value)
+
+    @property
+    def is_stale(self) -> bool:
+        return self.stale_since is not None
+
+    @property
+    def run_time(self) -> datetime.timedelta | str:
+        start = self.start_time or self.execute_time
+        if not start:
+            return ""
+        end = self.completion_time or timezone.now()
+        return end - start
+
+    @property
+    def process_results_function(self) -> Callable[..., Any] | None:
+        from offload.store import resolve_function
+
+        if not self._process_results_function:
+            return None
+        return resolve_function(self._process_results_function)
+
+    @process_results_function.setter
+    def process_results_function(self, function: Callable[..., Any] | str | None) -> None:
+        from offload.store import function_path
+
+        self._process_results_function = function_path(function) if function else ""
+
+    # -- actions (all go through the store) ------------------------------------------------------
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        from offload import store
+
+        store.save_job(self, super_save=super().save, args=args, kwargs=kwargs)
+
+    def execute(self, *args: Any, **kwargs: Any) -> None:
+        """Submit the job: Submitted now, handed to the monitor, which submits it to its engine."""
+        from offload import store
+
+        store.execute(self, source=kwargs.pop("source", EventSource.APP), extra=kwargs or None)
+
+    def update_status(self, status: str | Status | None = None, *args: Any, **kwargs: Any) -> None:
+        """With ``status``: set it (a display name, a code, or any text for Other). Without: reload
+        the status from the database and ask the monitor to refresh it soon."""
+        from offload import store
+
+        if status is not None:
+            store.set_status(
+                self,
+                status,
+                message=kwargs.get("message"),
+                source=kwargs.get("source", EventSource.APP),
+            )
+        else:
+            store.refresh(self)
+
+    def stop(self) -> None:
+        from offload import store
+
+        store.stop(self)
+
+    terminate = stop
+
+    def pause(self) -> None:
+        from offload import store
+
+        store.pause(self)
+
+    def resume(self) -> None:
+        from offload import store
+
+        store.resume(self)
+
+    def resubmit(self, *args: Any, **kwargs: Any) -> None:
+        from offload import store
+
+        store.resubmit(self)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Record the intent to delete: the job disappears from lists now; a monitor stops it on its
+        scheduler, removes its own workspace and then its row."""
+        from offload import store
+
+        store.delete(self)
+        return (1, {"offload.Job": 1})
+
+    def get_logs(self) -> dict[str, Any]:
+        from offload import store
+
+        return store.get_logs(self)
+
+    def process_results(self, *args: Any, **kwargs: Any) -> None:
+        """Run result processing now (once: a lock in the database guards it)."""
+        from offload import store
+
+        store.process_results_now(self)
+
+    @property
+    def events(self) -> list[JobEvent]:
+        """The job's history, oldest first."""
+        return list(JobEvent.objects.filter(job_id=self.id).order_by("id"))
+
+    def handle(self) -> JobHandle:
+        from offload.engines.base import JobHandle
+
+        return JobHandle(
+            job_id=self.id,
+            attempt=self.attempt,
+            native_id=self.native_id,
+            workspace=self.workspace,
+            state=dict(self.engine_state or {}),
+        )
+
+
+def parameter(name: str, doc: str = "") -> Any:
+    """A type-specific job attribute stored in ``Job.parameters`` (so every type shares one table)."""
+
+    def getter(self: Job) -> Any:
+        return (self.parameters or {}).get(name)
+
+    def setter(self: Job, value: Any) -> None:
+        params = dict(self.parameters or {})
+        params[name] = value
+        self.parameters = params
+
+    return property(getter, setter, doc=doc)
+
+
+class BasicJob(Job):
+    """A job that runs nothing; the app drives its status (Tethys's BasicJob)."""
+
+    type_code = "BASIC"
+    engine_kind = "basic"
+
+    class Meta:
+        proxy = True
+
+
+class LocalJob(Job):
+    """A process on the monitor's machine: ``executable`` + ``arguments`` + ``environment``."""
+
+    type_code = "LOCAL"
+    engine_kind = "local"
+    parameter_names = ("executable", "arguments", "environment")
+
+    executable = parameter("executable", "The program to run (looked up on PATH, or a path).")
+    arguments = parameter("arguments", "Its argument list; never a shell string.")
+    environment = parameter("environment", "Extra environment variables for the process.")
+
+    class Meta:
+        proxy = True
+
+
+#: Job-type code → job class. Later engines add their codes (CONDOR, SLURM, DASK …).
+JOB_TYPES: dict[str, type[Job]] = {
+    "BASIC": BasicJob,
+    "LOCAL": LocalJob,
+}
+
+
+class JobEvent(models.Model):
+    """One accepted status change (or action) of a job. Append-only: rows are never updated."""
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="event_set")
+    attempt = models.PositiveIntegerField(default=0)
+    time = models.DateTimeField(default=timezone.now, db_index=True)
+    from_status = models.CharField(max_length=3, blank=True, default="", choices=STATUS_CHOICES)
+    to_status = models.CharField(max_length=3, choices=STATUS_CHOICES)
+    status_text = models.CharField(max_length=1024, blank=True, default="")
+    source = models.CharField(max_length=16, choices=EventSource.choices)
+    native_status = models.CharField(max_length=255, blank=True, default="")
+    message = models.TextField(blank=True, default="")
+    actor = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        indexes: ClassVar[list[models.Index]] = [
+            models.Index(fields=["job", "id"], name="offload_event_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}: {self.from_status or '-'} → {self.to_status} ({self.source})"
+
+    @property
+    def from_display(self) -> str:
+        return Status(self.from_status).display if self.from_status else ""
+
+    @property
+    def to_display(self) -> str:
+        if self.to_status == Status.OTHER.value and self.status_text:
+            return self.status_text
+        return Status(self.to_status).display
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise ValueError("job events are append-only; they cannot be changed")
+        super().save(*args, **kwargs)
+
+
+class JobIntent(models.Model):
+    """Something a monitor must do for a job (submit, stop, pause …). Written by web requests and
+    app code, claimed by monitors with a lease, retried with backoff, kept as a record when done."""
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="intents")
+    action = models.CharField(max_length=16, choices=IntentAction.choices)
+    attempt = models.PositiveIntegerField(default=0)
+    payload = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    not_before = models.DateTimeField(default=timezone.now)
+    tries = models.PositiveIntegerField(default=0)
+    claimed_by = models.CharField(max_length=255, blank=True, default="")
+    lease_expires = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.TextField(blank=True, default="")
+    requested_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        indexes: ClassVar[list[models.Index]] = [
+            models.Index(fields=["done_at", "not_before"], name="offload_intent_due"),
+            models.Index(fields=["job", "done_at"], name="offload_intent_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} job {self.job_id}"
+
+
+class MonitorLease(models.Model):
+    """A named lease a monitor holds for a while (e.g. the right to poll one scheduler this cycle)."""
+
+    name = models.CharField(max_length=255, unique=True)
+    owner = models.CharField(max_length=255, blank=True, default="")
+    expires = models.DateTimeField(default=timezone.now)
+    last_run = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.owner}"

@@ -1,0 +1,372 @@
+"""The monitor's control loop: claim intents, submit in batches, poll each scheduler once per cycle,
+apply what changed through the status rules, run result processing, retry what failed.
+
+Any number of monitors may run against one PostgreSQL database: intents are claimed with leases
+(``FOR UPDATE SKIP LOCKED``) and each scheduler's poll with a named lease, so no job is submitted
+twice and a killed monitor's work is taken over when its lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import close_old_connections
+from django.db.models import Q
+
+from offload import status as rules
+from offload import store
+from offload.conf import OffloadSettings, get_settings
+from offload.engines import Engine, JobSpec, engine_class
+from offload.errors import EngineUnavailableError, JobStateError, NotSupportedError, OffloadError
+from offload.models import JOB_TYPES, EventSource, IntentAction, Job, JobIntent
+from offload.schedulers import build_engine_for, engine_kind_for_job, group_key
+from offload.status import Status
+
+log = logging.getLogger("offload.monitor")
+
+SUBMIT_ACTIONS = (IntentAction.EXECUTE, IntentAction.RESUBMIT)
+
+
+@dataclass
+class CycleStats:
+    intents: int = 0
+    submitted: int = 0
+    polled_groups: int = 0
+    polled_jobs: int = 0
+    changed: int = 0
+    stale: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Monitor:
+    """One monitor. ``run()`` loops until stopped; ``run_cycle()`` does one pass (for tests)."""
+
+    def __init__(self, name: str | None = None, settings: OffloadSettings | None = None) -> None:
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.settings = settings or get_settings()
+        self.engines: dict[str, Engine] = {}
+        self.stopping = threading.Event()
+        self._last_poll: dict[str, float] = {}
+        self._poll_soon: set[str] = set()
+        self._next_try: dict[str, float] = {}
+        self.claim_limit = 100
+
+    # -- engines --------------------------------------------------------------------------------
+    def engine_for(self, job: Job) -> tuple[str, Engine]:
+        key = group_key(job)
+        engine = self.engines.get(key)
+        if engine is None:
+            engine = build_engine_for(engine_kind_for_job(job), job.scheduler)
+            self.engines[key] = engine
+        return key, engine
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            try:
+                engine.close()
+            except Exception:  # closing is best effort; the process is ending
+                log.exception("closing an engine failed")
+        self.engines.clear()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        until_idle: bool = False,
+        timeout: float | None = None,
+        on_cycle: Callable[[CycleStats], None] | None = None,
+    ) -> int:
+        """Loop until stopped (SIGTERM/SIGINT finish the current step and release leases).
+        Returns 0, or 1 when ``timeout`` passed before the jobs went idle."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        deadline = time.monotonic() + timeout if timeout else None
+        log.info("monitor %s started", self.name)
+        code = 0
+        try:
+            while not self.stopping.is_set():
+                close_old_connections()
+                try:
+                    stats = self.run_cycle()
+                except Exception:  # a database blip must not end the monitor
+                    log.exception("monitor cycle failed; retrying")
+                    stats = CycleStats(errors=["cycle failed"])
+                if on_cycle is not None:
+                    on_cycle(stats)
+                if until_idle and self.is_idle():
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    code = 1 if until_idle else 0
+                    break
+                self.stopping.wait(self.settings.idle_interval)
+        finally:
+            self.shutdown()
+        return code
+
+    def shutdown(self) -> None:
+        try:
+            store.release_intents(self.name)
+            store.release_leases(self.name)
+        except Exception:
+            log.exception("releasing leases failed")
+        self.close()
+        log.info("monitor %s stopped", self.name)
+
+    def is_idle(self) -> bool:
+        """No open intent and no job under watch."""
+        if JobIntent.objects.filter(done_at__isnull=True).exists():
+            return False
+        return not self._active_jobs().exists()
+
+    def run_cycle(self) -> CycleStats:
+        stats = CycleStats()
+        self.process_intents(stats)
+        self.poll(stats)
+        return stats
+
+    # -- intents --------------------------------------------------------------------------------
+    def process_intents(self, stats: CycleStats) -> None:
+        for _ in range(50):  # bounded: a flood of intents still leaves time to poll
+            if self.stopping.is_set():
+                return
+            intents = store.claim_intents(
+                self.name, self.claim_limit, seconds=self.settings.lease_seconds
+            )
+            if not intents:
+                return
+            stats.intents += len(intents)
+            submits: dict[str, list[JobIntent]] = defaultdict(list)
+            for intent in intents:
+                job = intent.job
+                if job.deleted_at is not None and intent.action != IntentAction.DELETE:
+                    store.finish_intent(intent, "job deleted")
+                    continue
+                if intent.action in SUBMIT_ACTIONS:
+                    if job.attempt != intent.attempt or rules.is_final(Status(job._status)):
+                        store.finish_intent(intent, "superseded")
+                        continue
+                    try:
+                        submits[group_key(job)].append(intent)
+                    except OffloadError as exc:
+                        store.apply_change(
+                            job, store.Change(Status.ERROR, EventSource.MONITOR, str(exc))
+                        )
+                        store.finish_intent(intent, str(exc))
+                    continue
+                self.carry_out(intent, stats)
+            for key, group in submits.items():
+                self.submit_group(key, group, stats)
+
+    def submit_group(self, key: str, intents: list[JobIntent], stats: CycleStats) -> None:
+        _, engine = self.engine_for(intents[0].job)
+        ready: list[JobIntent] = []
+        for intent in intents:
+            previous = (intent.payload or {}).get("previous")
+            if intent.action == IntentAction.RESUBMIT and previous:
+                from offload.engines.base import JobHandle
+
+                try:
+                    engine.cancel(JobHandle.from_dict(previous))
+                except NotSupportedError:
+                    pass
+                except EngineUnavailableError as exc:
+                    store.retry_intent(intent, f"stopping the previous attempt: {exc}")
+                    continue
+                except OffloadError as exc:
+                    log.info("job %s: previous attempt not stopped: %s", intent.job_id, exc)
+            ready.append(intent)
+        size = max(1, self.settings.submit_batch_size)
+        for start in range(0, len(ready), size):
+            batch = ready[start : start + size]
+            specs = [
+                JobSpec(
+                    job_id=i.job.pk,
+                    attempt=i.attempt,
+                    job_type=i.job.job_type,
+                    name=i.job.name,
+                    workspace=i.job.workspace,
+                    parameters=dict(i.job.parameters or {}),
+                )
+                for i in batch
+            ]
+            try:
+                results = engine.submit_batch(specs)
+            except EngineUnavailableError as exc:
+                for intent in batch:
+                    store.mark_stale([intent.job_id])
+                    store.retry_intent(intent, str(exc))
+                stats.errors.append(f"{key}: {exc}")
+                continue
+            except Exception as exc:  # an engine bug must not lose the jobs: retry them
+                log.exception("submitting to %s failed", key)
+                for intent in batch:
+                    store.retry_intent(intent, f"{type(exc).__name__}: {exc}")
+                stats.errors.append(f"{key}: {exc}")
+                continue
+            for intent, result in zip(batch, results, strict=True):
+                store.record_submission(intent.job, intent, result)
+                if result.native_id:
+                    stats.submitted += 1
+            self._poll_soon.add(key)
+
+    def carry_out(self, intent: JobIntent, stats: CycleStats) -> None:
+        job = intent.job
+        action = intent.action
+        try:
+            if action == IntentAction.REFRESH:
+                if rules.is_active(Status(job._status), job.other_category):
+                    self._poll_soon.add(group_key(job))
+                store.finish_intent(intent, "poll requested")
+                return
+            if action == IntentAction.RESULTS:
+                if (
+                    job.attempt != intent.attempt
+                    or Status(job._status) not in rules.RESULTS_PENDING
+                ):
+                    store.finish_intent(intent, "superseded")
+                    return
+                store.run_results(job, intent)
+                return
+            key, engine = self.engine_for(job)
+            handle = job.handle()
+            if action == IntentAction.STOP:
+                if rules.is_final(Status(job._status)):
+                    store.finish_intent(intent, "already finished")
+                    return
+                engine.cancel(handle)
+                self._poll_soon.add(key)
+                store.finish_intent(intent, "stop sent")
+            elif action == IntentAction.PAUSE:
+                engine.pause(handle)
+                store.apply_change(job, store.Change(Status.PAUSED, EventSource.MONITOR))
+                store.finish_intent(intent, "paused")
+            elif action == IntentAction.RESUME:
+                engine.resume(handle)
+                store.apply_change(job, store.Change(Status.RUNNING, EventSource.MONITOR))
+                store.finish_intent(intent, "resumed")
+            elif action == IntentAction.DELETE:
+                from offload.engines.base import JobHandle
+
+                saved = (intent.payload or {}).get("handle")
+                engine.cleanup(JobHandle.from_dict(saved) if saved else handle)
+                store.finish_intent(intent, "deleted")
+                store.purge_deleted(job)
+            else:
+                store.finish_intent(intent, f"unknown action {action!r}")
+        except EngineUnavailableError as exc:
+            store.mark_stale([job.pk])
+            store.retry_intent(intent, str(exc))
+            stats.errors.append(f"job {job.pk} {action}: {exc}")
+        except (NotSupportedError, JobStateError) as exc:
+            store.finish_intent(intent, str(exc))
+            store.apply_change(
+                job, store.Change(Status(job._status), EventSource.MONITOR, str(exc))
+            )
+        except Exception as exc:  # never lose the intent to a bug: retry with backoff
+            log.exception("job %s: %s failed", job.pk, action)
+            store.retry_intent(intent, f"{type(exc).__name__}: {exc}")
+            stats.errors.append(f"job {job.pk} {action}: {exc}")
+
+    # -- polling --------------------------------------------------------------------------------
+    def _active_jobs(self) -> Any:
+        silent = [
+            code for code, cls in JOB_TYPES.items() if not engine_class(cls.engine_kind).executes
+        ]
+        polled = [s.value for s in rules.POLLED] + [Status.OTHER.value]
+        return (
+            Job.objects.visible()
+            .filter(_status__in=polled, attempt__gt=0)
+            .exclude(Q(job_type__in=silent) & Q(scheduler__isnull=True))
+            .exclude(native_id="")
+        )
+
+    def poll(self, stats: CycleStats) -> None:
+        now = time.monotonic()
+        groups: dict[str, dict[int, Job]] = defaultdict(dict)
+        jobs = (
+            self._active_jobs()
+            .select_related("scheduler")
+            .only(
+                "id",
+                "job_type",
+                "_status",
+                "attempt",
+                "native_id",
+                "native_status",
+                "engine_state",
+                "workspace",
+                "extended_properties",
+                "status_message",
+                "start_time",
+                "stale_since",
+                "scheduler",
+                "_process_results_function",
+                "label",
+            )
+        )
+        for job in jobs.iterator(chunk_size=2000):
+            if job._status == Status.OTHER.value and not rules.is_active(
+                Status.OTHER, job.other_category
+            ):
+                continue
+            groups[group_key(job)][job.pk] = job
+        for key, members in groups.items():
+            if self.stopping.is_set():
+                return
+            due = key in self._poll_soon or (
+                now - self._last_poll.get(key, 0.0) >= self.settings.poll_interval
+            )
+            if not due or now < self._next_try.get(key, 0.0):
+                continue
+            if not store.claim_lease(f"poll:{key}", self.name, seconds=self.settings.lease_seconds):
+                continue  # another monitor polls this scheduler
+            self._poll_soon.discard(key)
+            self._last_poll[key] = now
+            self.poll_group(key, members, stats)
+
+    def poll_group(self, key: str, jobs: dict[int, Job], stats: CycleStats) -> None:
+        first = next(iter(jobs.values()))
+        _, engine = self.engine_for(first)
+        handles = [job.handle() for job in jobs.values()]
+        stats.polled_groups += 1
+        stats.polled_jobs += len(handles)
+        try:
+            reports = engine.poll_batch(handles)
+        except Exception as exc:
+            # Unreachable (or broken) scheduler: the jobs keep their status and go stale.
+            reason = str(exc) if isinstance(exc, EngineUnavailableError) else repr(exc)
+            if not isinstance(exc, EngineUnavailableError):
+                log.exception("polling %s failed", key)
+            stats.stale += store.mark_stale(jobs, reason=reason)
+            delay = min(
+                self.settings.retry_initial * 2 ** min(len(stats.errors), 8),
+                self.settings.retry_max,
+            )
+            self._next_try[key] = time.monotonic() + delay
+            stats.errors.append(f"{key}: {reason}")
+            return
+        self._next_try.pop(key, None)
+        counts = store.apply_reports(jobs, reports)
+        stats.changed += counts["changed"]
+        stats.stale += counts["stale"]
+
+
+def run_monitor(
+    *, until_idle: bool = False, timeout: float | None = None, name: str | None = None
+) -> int:
+    monitor = Monitor(name=name)
+    return monitor.run(until_idle=until_idle, timeout=timeout)
+
+
+__all__ = ["CycleStats", "Monitor", "run_monitor"]

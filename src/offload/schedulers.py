@@ -1,0 +1,121 @@
+"""Which engine runs a job, and the scheduler records admins register.
+
+A job with a ``scheduler`` record runs on that scheduler; a job without one runs on its type's
+default engine, configured in ``OFFLOAD["ENGINES"]`` (and by the ``start-*`` scripts' exports).
+Engines are built once per scheduler and reused (one client per scheduler, never one per job).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from offload.conf import get_settings
+from offload.engines import Engine, engine_class
+from offload.errors import ConfigurationError, InvalidJobError
+from offload.models import JOB_TYPES, Job, Scheduler, SchedulerType
+
+_cache: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def engine_kind_for_job(job: Job) -> str:
+    if job.scheduler_id is not None:
+        return str(job.scheduler.scheduler_type)  # type: ignore[union-attr]
+    cls = JOB_TYPES.get(job.job_type)
+    if cls is None:
+        raise ConfigurationError(f"job {job.id} has unknown job type {job.job_type!r}")
+    return cls.engine_kind
+
+
+def engine_class_for_job(job: Job) -> type[Engine]:
+    return engine_class(engine_kind_for_job(job))
+
+
+def group_key(job: Job) -> str:
+    """Jobs with the same key are polled together, with one query per cycle."""
+    return f"{engine_kind_for_job(job)}:{job.scheduler_id or 'default'}"
+
+
+def engine_options(kind: str, scheduler: Scheduler | None) -> dict[str, Any]:
+    defaults = dict(get_settings().engines.get(kind, {}))
+    if scheduler is not None:
+        defaults.update(scheduler.engine_options())
+    return defaults
+
+
+def build_engine_for(kind: str, scheduler: Scheduler | None) -> Engine:
+    return engine_class(kind)(engine_options(kind, scheduler))
+
+
+def engine_for_job(job: Job) -> Engine:
+    """A shared engine for reading a job's logs and the like from app code."""
+    key = group_key(job)
+    with _lock:
+        engine = _cache.get(key)
+        if engine is None:
+            engine = build_engine_for(engine_kind_for_job(job), job.scheduler)
+            _cache[key] = engine
+        return engine
+
+
+def create_scheduler(
+    name: str,
+    host: str = "",
+    scheduler_type: str = "local",
+    username: str = "",
+    password: str | None = None,
+    private_key_path: str | None = None,
+    private_key_pass: str | None = None,
+    port: int | None = None,
+    **options: Any,
+) -> Scheduler:
+    """Register a scheduler. Passwords and key passphrases are encrypted at rest."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidJobError("name", "a scheduler needs a non-empty name")
+    if scheduler_type not in SchedulerType.values:
+        raise InvalidJobError(
+            "scheduler_type",
+            f"{scheduler_type!r} is not one of {', '.join(SchedulerType.values)}",
+        )
+    if port is not None and not (0 < int(port) < 65536):
+        raise InvalidJobError("port", f"{port!r} is not a TCP port (1-65535)")
+    if Scheduler.objects.filter(name=name).exists():
+        raise InvalidJobError("name", f"a scheduler named {name!r} already exists")
+    if private_key_path:
+        options["private_key_path"] = private_key_path
+    scheduler = Scheduler(
+        name=name,
+        scheduler_type=scheduler_type,
+        host=host or "",
+        username=username or "",
+        port=port,
+        options=options,
+    )
+    scheduler.set_secrets({"password": password or "", "private_key_pass": private_key_pass or ""})
+    scheduler.save()
+    return scheduler
+
+
+def list_schedulers(scheduler_type: str | None = None) -> list[Scheduler]:
+    qs = Scheduler.objects.all()
+    if scheduler_type:
+        qs = qs.filter(scheduler_type=scheduler_type)
+    return list(qs)
+
+
+def get_scheduler(name: str) -> Scheduler | None:
+    return Scheduler.objects.filter(name=name).first()
+
+
+def remove_scheduler(name: str) -> bool:
+    """Remove a scheduler record; refused while jobs still use it."""
+    scheduler = get_scheduler(name)
+    if scheduler is None:
+        return False
+    if scheduler.jobs.exists():
+        raise InvalidJobError(
+            "name", f"scheduler {name!r} still has {scheduler.jobs.count()} jobs; delete them first"
+        )
+    scheduler.delete()
+    return True

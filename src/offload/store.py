@@ -1,0 +1,1032 @@
+"""The only writer of ``Job``, ``JobEvent`` and ``JobIntent`` rows.
+
+App code (through ``Job`` methods and :class:`offload.manager.JobManager`), the web views, the CLI and
+the monitors all change jobs through these functions, so the status rules of :mod:`offload.status`
+hold whoever the caller is. Every status write is a conditional ``UPDATE … WHERE status = <old>``:
+a change based on a stale read affects no row and is re-evaluated, never applied blindly.
+
+Nothing here calls a scheduler except :func:`get_logs` (reading the job's own log files).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import inspect
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from offload import status as rules
+from offload.conf import get_settings
+from offload.engines.base import NativeReport, SubmitOutcome, SubmitResult
+from offload.errors import (
+    InvalidJobError,
+    JobAlreadyExecutedError,
+    JobStateError,
+    NotSupportedError,
+)
+from offload.models import (
+    OTHER_CATEGORY_KEY,
+    OTHER_STATUS_KEY,
+    EventSource,
+    IntentAction,
+    Job,
+    JobEvent,
+    JobIntent,
+    MonitorLease,
+    json_copy,
+)
+from offload.status import Category, Status, Verdict
+
+log = logging.getLogger("offload.store")
+
+#: Fields only this module writes; ``Job.save()`` never writes them from a possibly stale object.
+MANAGED_FIELDS = frozenset(
+    {
+        "_status",
+        "native_id",
+        "native_status",
+        "attempt",
+        "engine_state",
+        "last_contact",
+        "stale_since",
+        "deleted_at",
+        "execute_time",
+        "start_time",
+        "completion_time",
+        "owns_workspace",
+        "creation_time",
+        "label",
+        "user",
+        "job_type",
+    }
+)
+SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+
+#: App label → {custom status text → category}, declared through JobManager.
+_CUSTOM_STATUSES: dict[str, dict[str, Category]] = {}
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def function_path(function: Callable[..., Any] | str) -> str:
+    """A dotted path for a callable (``package.module.function``); strings pass through."""
+    if isinstance(function, str):
+        if not re.match(r"^[A-Za-z_][\w.]*[.:][A-Za-z_]\w*$", function):
+            raise InvalidJobError(
+                "process_results_function", f"{function!r} is not a dotted path module.function"
+            )
+        return function
+    module = inspect.getmodule(function)
+    qualname = getattr(function, "__qualname__", getattr(function, "__name__", ""))
+    if module is None or not qualname or "<" in qualname:
+        raise InvalidJobError(
+            "process_results_function",
+            f"{function!r} is not importable by path; use a module-level function",
+        )
+    return f"{module.__name__}.{qualname}"
+
+
+def resolve_function(path: str) -> Callable[..., Any]:
+    """Import the callable named by ``path`` (``pkg.mod.func`` or ``pkg.mod:func``)."""
+    if ":" in path:
+        module_name, _, attr_path = path.partition(":")
+        obj: Any = importlib.import_module(module_name)
+    else:
+        parts = path.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            attr_path = ".".join(parts[i:])
+            break
+        else:
+            raise ImportError(f"cannot import any module of {path!r}")
+    for attr in attr_path.split("."):
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise TypeError(f"{path!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def safe_segment(value: str, what: str) -> str:
+    """``value`` as one folder name, or InvalidJobError: no separators, no ``..``."""
+    if not value or not SAFE_SEGMENT.match(value) or set(value) == {"."}:
+        raise InvalidJobError(
+            what, f"{value!r} cannot be used as a folder name (letters, digits, _ . @ + - only)"
+        )
+    return value
+
+
+def app_workspace(label: str) -> Path:
+    return get_settings().workspace_root / safe_segment(label, "label") / "app"
+
+
+def user_workspace(label: str, user: Any) -> Path:
+    root = get_settings().workspace_root / safe_segment(label, "label") / "users"
+    if user is None:
+        return root / "_system"
+    name = getattr(user, "username", None) or str(user)
+    try:
+        return root / safe_segment(name, "user")
+    except InvalidJobError:
+        return root / f"user-{user.pk}"
+
+
+def declare_custom_status(label: str, text: str, category: Category | str) -> None:
+    _CUSTOM_STATUSES.setdefault(label, {})[text] = Category(category)
+
+
+def custom_status_category(label: str, text: str) -> Category | None:
+    return _CUSTOM_STATUSES.get(label, {}).get(text)
+
+
+def engine_class_for(job: Job) -> Any:
+    from offload.schedulers import engine_class_for_job
+
+    return engine_class_for_job(job)
+
+
+# -- creating and saving ---------------------------------------------------------------------------
+def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: Any) -> None:
+    """Insert a new job (resolving ``{id}`` in its name and its default workspace), or save the
+    fields app code may edit on an existing one — never the fields the monitor owns."""
+    if job._state.adding:
+        if not job.job_type:
+            job.job_type = type(job).type_code or "BASIC"
+        with transaction.atomic():
+            super_save(*args, **kwargs)
+            updates: dict[str, Any] = {}
+            if "{id}" in job.name:
+                job.name = job.name.replace("{id}", str(job.id))
+                updates["name"] = job.name
+            if not job.workspace:
+                job.workspace = str(user_workspace(job.label, job.user) / "jobs" / str(job.id))
+                job.owns_workspace = True
+                updates["workspace"] = job.workspace
+                updates["owns_workspace"] = True
+            if updates:
+                Job.objects.filter(pk=job.pk).update(**updates)
+            pending_groups = job.__dict__.pop("_pending_groups", None)
+            if pending_groups:
+                job.groups.set(pending_groups)
+            JobEvent.objects.create(
+                job_id=job.id,
+                attempt=job.attempt,
+                from_status="",
+                to_status=job._status,
+                source=EventSource.APP,
+                message="created",
+            )
+        job._loaded = _snapshot(job)  # type: ignore[attr-defined]
+        return
+    loaded: dict[str, Any] = getattr(job, "_loaded", {})
+    fields = [
+        f.attname
+        for f in job._meta.concrete_fields
+        if f.attname not in MANAGED_FIELDS
+        and f.attname != "id"
+        and (not loaded or loaded.get(f.attname, _MISSING) != getattr(job, f.attname))
+    ]
+    if kwargs.get("update_fields") is not None:
+        fields = [f for f in kwargs["update_fields"] if f not in MANAGED_FIELDS]
+    if fields:
+        super_save(update_fields=fields)
+        job._loaded = _snapshot(job)  # type: ignore[attr-defined]
+
+
+_MISSING = object()
+
+
+def _snapshot(job: Job) -> dict[str, Any]:
+    return {f.attname: json_copy(getattr(job, f.attname)) for f in job._meta.concrete_fields}
+
+
+def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
+    """Insert many new jobs at once (the fast path): ``{id}`` and default workspaces resolved, one
+    creation event each. On PostgreSQL ids come back from the insert; on SQLite too (RETURNING)."""
+    for job in jobs:
+        if not job.job_type:
+            job.job_type = type(job).type_code or "BASIC"
+    with transaction.atomic():
+        created = Job.objects.bulk_create(list(jobs), batch_size=batch_size)
+        fix: list[Job] = []
+        for job in created:
+            changed = False
+            if "{id}" in job.name:
+                job.name = job.name.replace("{id}", str(job.id))
+                changed = True
+            if not job.workspace:
+                job.workspace = str(user_workspace(job.label, job.user) / "jobs" / str(job.id))
+                job.owns_workspace = True
+                changed = True
+            if changed:
+                fix.append(job)
+        if fix:
+            Job.objects.bulk_update(
+                fix, ["name", "workspace", "owns_workspace"], batch_size=batch_size
+            )
+        JobEvent.objects.bulk_create(
+            [
+                JobEvent(
+                    job_id=j.id, to_status=j._status, source=EventSource.APP, message="created"
+                )
+                for j in created
+            ],
+            batch_size=batch_size,
+        )
+    for job in created:
+        job._state.adding = False
+        job._loaded = _snapshot(job)  # type: ignore[attr-defined]
+    return created
+
+
+# -- the one status-change primitive ---------------------------------------------------------------
+@dataclass
+class Change:
+    """A proposed status change for one job."""
+
+    status: Status
+    source: str
+    message: str | None = None
+    native_status: str | None = None
+    text: str = ""  # custom text when status is Other
+    category: Category | None = None
+    actor: str = ""
+    fields: dict[str, Any] | None = None  # other managed fields to write with it
+
+
+def _side_effects(job: Job, new: Status, now: datetime.datetime) -> dict[str, Any]:
+    """Tethys's side effects: reaching Running sets start_time; a final status, completion_time."""
+    fields: dict[str, Any] = {}
+    if new in (Status.RUNNING, Status.VARIOUS) and job.start_time is None:
+        fields["start_time"] = now
+    if rules.is_final(new):
+        fields["completion_time"] = now
+    return fields
+
+
+def apply_change(job: Job, change: Change, *, force: bool = False) -> bool:
+    """Move ``job`` to ``change.status`` if the rules allow it. Returns True when a change was
+    written (with one JobEvent). ``force`` is for resubmit only: it may leave a final status."""
+    for _ in range(3):
+        current = Status(job._status)
+        cur_props = job.extended_properties or {}
+        cur_text = str(cur_props.get(OTHER_STATUS_KEY, "")) if current == Status.OTHER else ""
+        verdict = (
+            Verdict.APPLY
+            if force
+            else rules.check_transition(
+                current,
+                change.status,
+                current_category=job.other_category,
+                new_category=change.category,
+                current_text=cur_text,
+                new_text=change.text,
+            )
+        )
+        if verdict != Verdict.APPLY:
+            if verdict == Verdict.SAME and (
+                change.message or change.native_status or change.fields
+            ):
+                _update_details(job, change)
+            return False
+        now = timezone.now()
+        fields = _side_effects(job, change.status, now)
+        props = dict(cur_props)
+        if change.status == Status.OTHER:
+            props[OTHER_STATUS_KEY] = change.text
+            if change.category is not None:
+                props[OTHER_CATEGORY_KEY] = change.category.value
+            else:
+                props.pop(OTHER_CATEGORY_KEY, None)
+        else:
+            props.pop(OTHER_STATUS_KEY, None)
+            props.pop(OTHER_CATEGORY_KEY, None)
+        if props != cur_props:
+            fields["extended_properties"] = props
+        fields["_status"] = change.status.value
+        if change.message is not None:
+            fields["status_message"] = change.message
+        if change.native_status is not None:
+            fields["native_status"] = change.native_status
+        if change.source in (EventSource.POLL, EventSource.PUSH):
+            fields["last_contact"] = now
+            fields["stale_since"] = None
+        if change.fields:
+            fields.update(change.fields)
+        with transaction.atomic():
+            updated = Job.objects.filter(
+                pk=job.pk, _status=current.value, attempt=job.attempt
+            ).update(**fields)
+            if updated:
+                JobEvent.objects.create(
+                    job_id=job.pk,
+                    attempt=fields.get("attempt", job.attempt),
+                    time=now,
+                    from_status=current.value,
+                    to_status=change.status.value,
+                    status_text=change.text if change.status == Status.OTHER else "",
+                    source=change.source,
+                    native_status=change.native_status or "",
+                    message=change.message or "",
+                    actor=change.actor,
+                )
+                if change.status in rules.RESULTS_PENDING:
+                    _add_intent(job.pk, IntentAction.RESULTS, fields.get("attempt", job.attempt))
+        if updated:
+            for name, value in fields.items():
+                setattr(job, name, value)
+            return True
+        _reload(job)  # someone else changed it first: decide again on fresh data
+    return False
+
+
+def _update_details(job: Job, change: Change) -> None:
+    fields: dict[str, Any] = {}
+    if change.message is not None and change.message != job.status_message:
+        fields["status_message"] = change.message
+    if change.native_status is not None and change.native_status != job.native_status:
+        fields["native_status"] = change.native_status
+    if change.fields:
+        fields.update(change.fields)
+    if fields:
+        Job.objects.filter(pk=job.pk, attempt=job.attempt).update(**fields)
+        for name, value in fields.items():
+            setattr(job, name, value)
+
+
+def _reload(job: Job) -> None:
+    fresh = (
+        Job.objects.filter(pk=job.pk)
+        .values(
+            "_status",
+            "attempt",
+            "extended_properties",
+            "status_message",
+            "native_id",
+            "native_status",
+            "engine_state",
+            "start_time",
+            "completion_time",
+            "stale_since",
+            "execute_time",
+            "deleted_at",
+            "last_contact",
+        )
+        .first()
+    )
+    if fresh is None:
+        return
+    for name, value in fresh.items():
+        setattr(job, name, value)
+
+
+def _add_intent(
+    job_id: int,
+    action: str,
+    attempt: int,
+    payload: dict[str, Any] | None = None,
+    requested_by: str = "",
+) -> JobIntent:
+    return JobIntent.objects.create(
+        job_id=job_id,
+        action=action,
+        attempt=attempt,
+        payload=payload or {},
+        requested_by=requested_by,
+    )
+
+
+def _actor(user: Any) -> str:
+    return str(getattr(user, "username", "") or "") if user is not None else ""
+
+
+# -- actions ----------------------------------------------------------------------------------------
+def execute(
+    job: Job,
+    *,
+    source: str = EventSource.APP,
+    actor: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Submitted now; the monitor submits to the engine. Only a Pending job can be executed."""
+    if job._state.adding:
+        job.save()
+    engine_cls = engine_class_for(job)
+    params = engine_cls(None).validate(job.parameters or {})
+    if params != (job.parameters or {}):
+        job.parameters = params
+        Job.objects.filter(pk=job.pk).update(parameters=params)
+    if Status(job._status) != Status.PENDING:
+        _reload(job)
+    if Status(job._status) != Status.PENDING or job.attempt > 0:
+        raise JobAlreadyExecutedError(
+            f"job {job.id} was already executed (status {job.cached_status}); "
+            "use resubmit() to run it again"
+        )
+    if job.owns_workspace or job.workspace:
+        Path(job.workspace).mkdir(parents=True, exist_ok=True)
+    now = timezone.now()
+    with transaction.atomic():
+        changed = apply_change(
+            job,
+            Change(
+                Status.SUBMITTED,
+                source,
+                message="" if engine_cls.executes else None,
+                actor=actor,
+                fields={"execute_time": now, "attempt": 1},
+            ),
+        )
+        if not changed:
+            raise JobAlreadyExecutedError(f"job {job.id} was executed by someone else just now")
+        if engine_cls.executes:
+            _add_intent(
+                job.pk, IntentAction.EXECUTE, 1, payload=dict(extra or {}), requested_by=actor
+            )
+
+
+def set_status(
+    job: Job,
+    value: str | Status,
+    *,
+    message: str | None = None,
+    source: str = EventSource.APP,
+    actor: str = "",
+) -> bool:
+    """An explicit status from app code: a display name, a code, or any text (stored as Other)."""
+    if job._state.adding:
+        job.save()
+    if not isinstance(value, Status) and (not isinstance(value, str) or not value.strip()):
+        raise InvalidJobError("status", f"must be a status name or non-empty text, not {value!r}")
+    parsed = Status.parse(value)
+    text = ""
+    category = None
+    if parsed is None or parsed == Status.OTHER:
+        text = (
+            str(value).strip()
+            if parsed is None
+            else str((job.extended_properties or {}).get(OTHER_STATUS_KEY, "Other"))
+        )
+        category = custom_status_category(job.label, text)
+        parsed = Status.OTHER
+    current = Status(job._status)
+    verdict = rules.check_transition(
+        current,
+        parsed,
+        current_category=job.other_category,
+        new_category=category,
+        current_text=str((job.extended_properties or {}).get(OTHER_STATUS_KEY, "")),
+        new_text=text,
+    )
+    if verdict == Verdict.FINAL:
+        raise JobStateError(
+            f"job {job.id} is {job.cached_status}, which is final; use resubmit() to run it again"
+        )
+    if verdict == Verdict.BACKWARD:
+        raise JobStateError(
+            f"job {job.id} cannot go back from {job.cached_status} to {text or parsed.display}"
+        )
+    return apply_change(
+        job, Change(parsed, source, message=message, text=text, category=category, actor=actor)
+    )
+
+
+def refresh(job: Job) -> None:
+    """Reload the job's status and ask a monitor to poll its scheduler soon (no scheduler call)."""
+    if job._state.adding:
+        return
+    _reload(job)
+    request_refresh(job.pk)
+
+
+def request_refresh(job_id: int) -> bool:
+    """Queue one refresh for an active job (duplicates are folded). False if the job is unknown."""
+    job = Job.objects.visible().filter(pk=job_id).only("id", "_status", "attempt").first()
+    if job is None:
+        return False
+    if (
+        Status(job._status) in rules.POLLED
+        and not JobIntent.objects.filter(
+            job_id=job_id, action=IntentAction.REFRESH, done_at__isnull=True
+        ).exists()
+    ):
+        _add_intent(job_id, IntentAction.REFRESH, job.attempt)
+    return True
+
+
+def _open_intent(job: Job, action: str) -> JobIntent | None:
+    return (
+        JobIntent.objects.filter(job_id=job.pk, action=action, done_at__isnull=True)
+        .order_by("id")
+        .first()
+    )
+
+
+def stop(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
+    """Stop the job. A job not yet handed to its engine is Aborted at once; a submitted one is
+    stopped by the monitor on its scheduler."""
+    _reload(job)
+    current = Status(job._status)
+    if rules.is_final(current, job.other_category) or current in rules.RESULTS_PENDING:
+        raise JobStateError(f"job {job.id} has already finished ({job.cached_status})")
+    now = timezone.now()
+    with transaction.atomic():
+        if current == Status.PENDING:
+            apply_change(
+                job, Change(Status.ABORTED, source, "stopped before it was executed", actor=actor)
+            )
+            return
+        # Not yet submitted (queued, or deferred for a free slot): cancel the submission itself.
+        pending = JobIntent.objects.filter(
+            job_id=job.pk,
+            action__in=[IntentAction.EXECUTE, IntentAction.RESUBMIT],
+            done_at__isnull=True,
+        ).filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
+        if not job.native_id and pending.update(done_at=now, outcome="cancelled by stop"):
+            apply_change(
+                job, Change(Status.ABORTED, source, "stopped before it was submitted", actor=actor)
+            )
+            return
+        if engine_class_for(job).executes:
+            if _open_intent(job, IntentAction.STOP) is None:
+                _add_intent(job.pk, IntentAction.STOP, job.attempt, requested_by=actor)
+            _update_details(job, Change(current, source, message="stop requested"))
+        else:
+            apply_change(job, Change(Status.ABORTED, source, "stopped", actor=actor))
+
+
+def pause(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
+    engine_cls = engine_class_for(job)
+    if not engine_cls.can_pause:
+        raise NotSupportedError(
+            f"job {job.id} runs on the {engine_cls.kind} engine, which cannot pause jobs"
+        )
+    _reload(job)
+    current = Status(job._status)
+    if current not in (Status.RUNNING, Status.VARIOUS, Status.SUBMITTED, Status.OTHER) or (
+        current == Status.SUBMITTED and not job.native_id and engine_cls.executes
+    ):
+        raise JobStateError(
+            f"job {job.id} is {job.cached_status}; only a running job can be paused"
+        )
+    if not engine_cls.executes:
+        apply_change(job, Change(Status.PAUSED, source, actor=actor))
+        return
+    if _open_intent(job, IntentAction.PAUSE) is None:
+        _add_intent(job.pk, IntentAction.PAUSE, job.attempt, requested_by=actor)
+
+
+def resume(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
+    engine_cls = engine_class_for(job)
+    if not engine_cls.can_pause:
+        raise NotSupportedError(
+            f"job {job.id} runs on the {engine_cls.kind} engine, which cannot pause or resume jobs"
+        )
+    _reload(job)
+    if Status(job._status) != Status.PAUSED and _open_intent(job, IntentAction.PAUSE) is None:
+        raise JobStateError(
+            f"job {job.id} is {job.cached_status}; only a paused job can be resumed"
+        )
+    if not engine_cls.executes:
+        apply_change(job, Change(Status.RUNNING, source, actor=actor))
+        return
+    if _open_intent(job, IntentAction.RESUME) is None:
+        _add_intent(job.pk, IntentAction.RESUME, job.attempt, requested_by=actor)
+
+
+def resubmit(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
+    """Run the job again as a new attempt; the history of earlier attempts is kept. A job still
+    active on its scheduler is stopped there first."""
+    if job._state.adding:
+        raise JobStateError("an unsaved job cannot be resubmitted; execute() it first")
+    _reload(job)
+    engine_cls = engine_class_for(job)
+    engine_cls(None).validate(job.parameters or {})
+    old_handle = job.handle().to_dict() if job.native_id or job.engine_state else None
+    was_active = rules.is_active(Status(job._status), job.other_category)
+    new_attempt = job.attempt + 1
+    now = timezone.now()
+    with transaction.atomic():
+        JobIntent.objects.filter(
+            job_id=job.pk,
+            done_at__isnull=True,
+            action__in=[
+                IntentAction.EXECUTE,
+                IntentAction.RESUBMIT,
+                IntentAction.RESULTS,
+                IntentAction.REFRESH,
+                IntentAction.PAUSE,
+                IntentAction.RESUME,
+            ],
+        ).filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now)).update(
+            done_at=now, outcome="superseded by resubmit"
+        )
+        changed = apply_change(
+            job,
+            Change(
+                Status.SUBMITTED,
+                source,
+                message=f"resubmitted (attempt {new_attempt})",
+                actor=actor,
+                fields={
+                    "attempt": new_attempt,
+                    "native_id": "",
+                    "native_status": "",
+                    "engine_state": {},
+                    "execute_time": now,
+                    "start_time": None,
+                    "completion_time": None,
+                    "stale_since": None,
+                },
+            ),
+            force=True,
+        )
+        if not changed:
+            raise JobStateError(f"job {job.id} changed while resubmitting; try again")
+        if engine_cls.executes:
+            _add_intent(
+                job.pk,
+                IntentAction.RESUBMIT,
+                new_attempt,
+                payload={"previous": old_handle if was_active else None},
+                requested_by=actor,
+            )
+
+
+def delete(job: Job, *, actor: str = "") -> None:
+    """Hide the job now; a monitor stops it on its scheduler, removes its own files and its row.
+    A job that never reached an engine is removed at once."""
+    if job._state.adding:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        Job.objects.filter(pk=job.pk).update(deleted_at=now)
+        job.deleted_at = now
+        engine_cls = engine_class_for(job)
+        if engine_cls.executes and (job.native_id or job.engine_state or job.attempt):
+            _add_intent(
+                job.pk,
+                IntentAction.DELETE,
+                job.attempt,
+                payload={"handle": job.handle().to_dict()},
+                requested_by=actor,
+            )
+            return
+    remove_workspace(job)
+    Job.objects.filter(pk=job.pk).delete()
+
+
+def remove_workspace(job: Job) -> None:
+    """Remove the job's own workspace folder; never a shared folder, never outside offload's home.
+    For a workspace the app chose, only offload's bookkeeping folder inside it is removed."""
+    if not job.workspace:
+        return
+    path = Path(job.workspace).resolve()
+    if not job.owns_workspace:
+        shutil.rmtree(path / ".offload", ignore_errors=True)
+        return
+    root = get_settings().workspace_root.resolve()
+    expected_parent = user_workspace(job.label, job.user).resolve() / "jobs"
+    if path.parent != expected_parent or not path.is_relative_to(root) or path.name != str(job.pk):
+        log.warning("not removing workspace %s of job %s: not its own folder", path, job.pk)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def get_logs(job: Job) -> dict[str, Any]:
+    """The job's logs (name → text). Reads the files the engine keeps; no scheduler query."""
+    if not job.attempt:
+        return {}
+    from offload.schedulers import engine_for_job
+
+    engine = engine_for_job(job)
+    return engine.get_logs(job.handle())
+
+
+# -- result processing ------------------------------------------------------------------------------
+def process_results_now(job: Job) -> None:
+    """Run result processing in the caller, under the same database lock as the monitor's."""
+    _reload(job)
+    current = Status(job._status)
+    if current not in rules.RESULTS_PENDING and not (
+        current == Status.ERROR and (job.engine_state or {}).get("results_error")
+    ):
+        raise JobStateError(
+            f"job {job.id} is {job.cached_status}; results are processed once it is Results-Ready"
+        )
+    if current == Status.ERROR:
+        # Retrying a failed result step is the one way out of Error besides resubmit.
+        apply_change(
+            job,
+            Change(Status.RESULTS_READY, EventSource.APP, "retrying result processing"),
+            force=True,
+        )
+    intent = _open_intent(job, IntentAction.RESULTS)
+    if intent is None:
+        intent = _add_intent(job.pk, IntentAction.RESULTS, job.attempt)
+    token = f"app:{uuid.uuid4().hex}"
+    if not _claim_one(intent.pk, token, seconds=get_settings().lease_seconds):
+        raise JobStateError(f"results of job {job.id} are being processed by a monitor right now")
+    intent.claimed_by = token
+    run_results(job, intent, retries=0)
+
+
+def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
+    """Call the job's result function once; Complete on success, Error (with the reason) after
+    ``retries`` failed tries. The claimed intent is the lock that survives restarts."""
+    function_name = job._process_results_function
+    try:
+        if function_name:
+            function = resolve_function(function_name)
+            result_arg = (job.engine_state or {}).get("result")
+            function(job, result_arg) if _wants_two(function) else function(job)
+    except Exception as exc:  # the app's code: any failure is reported, not raised into the loop
+        message = f"result processing failed: {type(exc).__name__}: {exc}"
+        log.warning("job %s: %s", job.pk, message)
+        if intent.tries + 1 < retries:
+            retry_intent(intent, message)
+            _update_details(job, Change(Status(job._status), EventSource.MONITOR, message=message))
+            return
+        state = dict(job.engine_state or {}) | {"results_error": message}
+        apply_change(
+            job, Change(Status.ERROR, EventSource.MONITOR, message, fields={"engine_state": state})
+        )
+        finish_intent(intent, message)
+        return
+    apply_change(
+        job,
+        Change(
+            Status.COMPLETE,
+            EventSource.MONITOR,
+            message="results processed" if function_name else "",
+        ),
+    )
+    finish_intent(intent, "done")
+
+
+def _wants_two(function: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+# -- what monitors use ------------------------------------------------------------------------------
+def claim_intents(owner: str, limit: int, *, seconds: float) -> list[JobIntent]:
+    """Claim up to ``limit`` due intents, at most one per job (the oldest open one), with a lease.
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets any number of monitors claim side by side."""
+    now = timezone.now()
+    token = f"{owner}:{uuid.uuid4().hex[:12]}"
+    earlier = JobIntent.objects.filter(
+        job_id=OuterRef("job_id"), done_at__isnull=True, id__lt=OuterRef("id")
+    )
+    with transaction.atomic():
+        due = (
+            JobIntent.objects.filter(done_at__isnull=True, not_before__lte=now)
+            .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
+            .exclude(Exists(earlier))
+            .order_by("id")
+        )
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True, of=("self",))
+        ids = list(due.values_list("id", flat=True)[:limit])
+        if not ids:
+            return []
+        JobIntent.objects.filter(id__in=ids).filter(
+            Q(lease_expires__isnull=True) | Q(lease_expires__lt=now)
+        ).update(claimed_by=token, lease_expires=now + datetime.timedelta(seconds=seconds))
+    return list(
+        JobIntent.objects.filter(id__in=ids, claimed_by=token)
+        .select_related("job", "job__scheduler", "job__user")
+        .order_by("id")
+    )
+
+
+def _claim_one(intent_id: int, token: str, *, seconds: float) -> bool:
+    now = timezone.now()
+    return bool(
+        JobIntent.objects.filter(pk=intent_id, done_at__isnull=True)
+        .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
+        .update(claimed_by=token, lease_expires=now + datetime.timedelta(seconds=seconds))
+    )
+
+
+def finish_intent(intent: JobIntent, outcome: str) -> None:
+    JobIntent.objects.filter(pk=intent.pk, claimed_by=intent.claimed_by).update(
+        done_at=timezone.now(), outcome=outcome[:4000], lease_expires=None
+    )
+
+
+def retry_intent(
+    intent: JobIntent, outcome: str, *, count_try: bool = True, delay: float | None = None
+) -> None:
+    settings = get_settings()
+    tries = intent.tries + (1 if count_try else 0)
+    if delay is None:
+        delay = min(
+            settings.retry_initial * settings.retry_factor ** max(tries - 1, 0), settings.retry_max
+        )
+    JobIntent.objects.filter(pk=intent.pk, claimed_by=intent.claimed_by).update(
+        tries=tries,
+        not_before=timezone.now() + datetime.timedelta(seconds=delay),
+        lease_expires=None,
+        claimed_by="",
+        outcome=outcome[:4000],
+    )
+
+
+def release_intents(owner: str) -> int:
+    """Give back every lease ``owner`` holds (SIGTERM), so another monitor takes over at once."""
+    return JobIntent.objects.filter(
+        done_at__isnull=True, claimed_by__startswith=f"{owner}:"
+    ).update(claimed_by="", lease_expires=None)
+
+
+def claim_lease(name: str, owner: str, *, seconds: float) -> bool:
+    """Take or renew the named lease; False while another monitor holds it."""
+    now = timezone.now()
+    expires = now + datetime.timedelta(seconds=seconds)
+    taken = (
+        MonitorLease.objects.filter(name=name)
+        .filter(Q(owner=owner) | Q(expires__lt=now) | Q(owner=""))
+        .update(owner=owner, expires=expires)
+    )
+    if taken:
+        return True
+    try:
+        with transaction.atomic():
+            MonitorLease.objects.create(name=name, owner=owner, expires=expires)
+        return True
+    except Exception:  # IntegrityError: another monitor created it first
+        return False
+
+
+def release_leases(owner: str) -> None:
+    MonitorLease.objects.filter(owner=owner).update(owner="", expires=timezone.now())
+
+
+def record_submission(job: Job, intent: JobIntent, result: SubmitResult) -> None:
+    """Apply an engine's answer to a submission."""
+    if result.outcome == SubmitOutcome.SUBMITTED:
+        now = timezone.now()
+        with transaction.atomic():
+            Job.objects.filter(pk=job.pk, attempt=intent.attempt).update(
+                native_id=result.native_id,
+                engine_state=dict(result.state),
+                last_contact=now,
+                stale_since=None,
+            )
+            job.native_id = result.native_id
+            job.engine_state = dict(result.state)
+            job.stale_since = None
+            message = "adopted an existing submission" if result.adopted else ""
+            if result.status != Status(job._status):
+                apply_change(
+                    job,
+                    Change(
+                        result.status,
+                        EventSource.MONITOR,
+                        message or "",
+                        native_status=result.native_status or None,
+                    ),
+                )
+            else:
+                _update_details(
+                    job,
+                    Change(
+                        result.status,
+                        EventSource.MONITOR,
+                        message,
+                        native_status=result.native_status or None,
+                    ),
+                )
+            finish_intent(
+                intent, "adopted" if result.adopted else f"submitted as {result.native_id}"
+            )
+    elif result.outcome == SubmitOutcome.DEFERRED:
+        _update_details(job, Change(Status(job._status), EventSource.MONITOR, result.message))
+        retry_intent(intent, result.message, count_try=False, delay=get_settings().idle_interval)
+    elif result.outcome == SubmitOutcome.REJECTED:
+        with transaction.atomic():
+            apply_change(job, Change(Status.ERROR, EventSource.MONITOR, result.message))
+            finish_intent(intent, result.message)
+    else:  # UNAVAILABLE: the scheduler could not be reached; the job waits, flagged stale
+        mark_stale([job.pk], reason=result.message)
+        _update_details(
+            job,
+            Change(
+                Status(job._status),
+                EventSource.MONITOR,
+                f"waiting for the scheduler: {result.message}",
+            ),
+        )
+        retry_intent(intent, result.message)
+
+
+def mark_stale(
+    job_ids: Iterable[int], *, reason: str = "", last_contact: datetime.datetime | None = None
+) -> int:
+    """Flag jobs whose scheduler did not answer. Their status is kept: stale is not Error."""
+    ids = list(job_ids)
+    if not ids:
+        return 0
+    now = timezone.now()
+    count = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        count += Job.objects.filter(pk__in=chunk, stale_since__isnull=True).update(stale_since=now)
+    return count
+
+
+def clear_stale(job_ids: Iterable[int]) -> int:
+    ids = list(job_ids)
+    now = timezone.now()
+    count = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        count += Job.objects.filter(pk__in=chunk, stale_since__isnull=False).update(
+            stale_since=None, last_contact=now
+        )
+    return count
+
+
+def apply_reports(
+    jobs: Mapping[int, Job], reports: Mapping[int, NativeReport], *, source: str = EventSource.POLL
+) -> dict[str, int]:
+    """Apply one poll's answers. Jobs the engine did not answer for go stale; jobs it answered
+    for lose their stale flag. Only real changes write (one conditional UPDATE and one event)."""
+    counts = {"changed": 0, "same": 0, "stale": 0}
+    unknown: list[int] = []
+    answered: list[int] = []
+    for job_id, job in jobs.items():
+        report = reports.get(job_id)
+        if report is None or report.status is None:
+            unknown.append(job_id)
+            continue
+        answered.append(job_id)
+        new = report.status
+        if new == Status.COMPLETE and job._process_results_function:
+            new = Status.RESULTS_READY
+        fields: dict[str, Any] | None = None
+        if report.state:
+            fields = {"engine_state": dict(job.engine_state or {}) | dict(report.state)}
+        change = Change(
+            new,
+            source,
+            message=report.message if report.message else None,
+            native_status=report.native_status or None,
+            fields=fields,
+        )
+        if apply_change(job, change):
+            counts["changed"] += 1
+        else:
+            counts["same"] += 1
+    counts["stale"] = mark_stale(unknown)
+    clear_stale([j for j in answered if jobs[j].stale_since is not None])
+    return counts
+
+
+def note_intent_job_changed(job: Job) -> None:
+    """Re-read a job the monitor holds (after an action on it)."""
+    _reload(job)
+
+
+def purge_deleted(job: Job) -> None:
+    remove_workspace(job)
+    Job.objects.filter(pk=job.pk).delete()
+
+
+__all__ = [
+    "Change",
+    "apply_change",
+    "apply_reports",
+    "bulk_create_jobs",
+    "claim_intents",
+    "claim_lease",
+    "delete",
+    "execute",
+    "finish_intent",
+    "mark_stale",
+    "pause",
+    "record_submission",
+    "refresh",
+    "resubmit",
+    "resume",
+    "retry_intent",
+    "set_status",
+    "stop",
+]
