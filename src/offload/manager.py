@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 
 from offload import store
 from offload.errors import InvalidJobError, TemplateNotFoundError
@@ -174,8 +174,14 @@ class JobManager:
         return qs.first()
 
     def get_job_status_callback_url(self, request: Any, job_id: Any) -> str:
-        """The absolute URL a job can GET to ask for a prompt status refresh."""
-        relative = reverse("offload:update_job_status", kwargs={"job_id": int(job_id)})
+        """The absolute URL a job can GET to ask for a prompt status refresh: Tethys's
+        ``/update-job-status/<id>/`` where ``offload.urls_root`` is installed (the portal), else
+        the one under ``offload.urls`` (e.g. ``/jobs/update-job-status/<id>/``)."""
+        kwargs = {"job_id": int(job_id)}
+        try:
+            relative = reverse("offload_root:update_job_status", kwargs=kwargs)
+        except NoReverseMatch:
+            relative = reverse("offload:update_job_status", kwargs=kwargs)
         return str(request.build_absolute_uri(relative))
 
     def bulk_create(self, jobs: Iterable[Job]) -> list[Job]:

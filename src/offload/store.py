@@ -200,7 +200,28 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
     ]
     if kwargs.get("update_fields") is not None:
         fields = [f for f in kwargs["update_fields"] if f not in MANAGED_FIELDS]
-    if fields:
+    if fields and "extended_properties" in fields:
+        # The custom-status keys in extended_properties belong to the status, which only this
+        # module writes: keep the stored ones, whatever a possibly stale object holds.
+        with transaction.atomic():
+            stored = (
+                Job.objects.select_for_update()
+                .filter(pk=job.pk)
+                .values_list("extended_properties", flat=True)
+                .first()
+            )
+            props = {
+                k: v
+                for k, v in (job.extended_properties or {}).items()
+                if k not in (OTHER_STATUS_KEY, OTHER_CATEGORY_KEY)
+            }
+            for key in (OTHER_STATUS_KEY, OTHER_CATEGORY_KEY):
+                if key in (stored or {}):
+                    props[key] = stored[key]  # type: ignore[index]
+            job.extended_properties = props
+            super_save(update_fields=fields)
+        job._loaded = _snapshot(job)  # type: ignore[attr-defined]
+    elif fields:
         super_save(update_fields=fields)
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
 
@@ -276,10 +297,15 @@ def _side_effects(job: Job, new: Status, now: datetime.datetime) -> dict[str, An
     return fields
 
 
-def apply_change(job: Job, change: Change, *, force: bool = False) -> bool:
+def apply_change(
+    job: Job, change: Change, *, force: bool = False, attempt: int | None = None
+) -> bool:
     """Move ``job`` to ``change.status`` if the rules allow it. Returns True when a change was
-    written (with one JobEvent). ``force`` is for resubmit only: it may leave a final status."""
+    written (with one JobEvent). ``force`` is for resubmit only: it may leave a final status.
+    With ``attempt``, a report about another attempt (one raced by a resubmit) is dropped."""
     for _ in range(3):
+        if attempt is not None and job.attempt != attempt:
+            return False
         current = Status(job._status)
         cur_props = job.extended_properties or {}
         cur_text = str(cur_props.get(OTHER_STATUS_KEY, "")) if current == Status.OTHER else ""
@@ -945,11 +971,25 @@ def mark_stale(
     if not ids:
         return 0
     now = timezone.now()
+    fields: dict[str, Any] = {"stale_since": now}
+    if last_contact is not None:
+        fields["last_contact"] = last_contact
     count = 0
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        count += Job.objects.filter(pk__in=chunk, stale_since__isnull=True).update(stale_since=now)
+        count += Job.objects.filter(pk__in=chunk, stale_since__isnull=True).update(**fields)
+    if reason:
+        log.info("%d job(s) stale: %s", count, reason)
     return count
+
+
+def record_poll_success(lease_name: str) -> None:
+    """Remember when a scheduler last answered (shown as the last contact of jobs gone stale)."""
+    MonitorLease.objects.filter(name=lease_name).update(last_run=timezone.now())
+
+
+def last_poll_success(lease_name: str) -> datetime.datetime | None:
+    return MonitorLease.objects.filter(name=lease_name).values_list("last_run", flat=True).first()
 
 
 def clear_stale(job_ids: Iterable[int]) -> int:
@@ -965,7 +1005,11 @@ def clear_stale(job_ids: Iterable[int]) -> int:
 
 
 def apply_reports(
-    jobs: Mapping[int, Job], reports: Mapping[int, NativeReport], *, source: str = EventSource.POLL
+    jobs: Mapping[int, Job],
+    reports: Mapping[int, NativeReport],
+    *,
+    source: str = EventSource.POLL,
+    last_contact: datetime.datetime | None = None,
 ) -> dict[str, int]:
     """Apply one poll's answers. Jobs the engine did not answer for go stale; jobs it answered
     for lose their stale flag. Only real changes write (one conditional UPDATE and one event)."""
@@ -995,7 +1039,9 @@ def apply_reports(
             counts["changed"] += 1
         else:
             counts["same"] += 1
-    counts["stale"] = mark_stale(unknown)
+    counts["stale"] = mark_stale(
+        unknown, reason="unknown to the scheduler", last_contact=last_contact
+    )
     clear_stale([j for j in answered if jobs[j].stale_since is not None])
     return counts
 

@@ -348,7 +348,9 @@ class Monitor:
             reason = str(exc) if isinstance(exc, EngineUnavailableError) else repr(exc)
             if not isinstance(exc, EngineUnavailableError):
                 log.exception("polling %s failed", key)
-            stats.stale += store.mark_stale(jobs, reason=reason)
+            stats.stale += store.mark_stale(
+                jobs, reason=reason, last_contact=store.last_poll_success(f"poll:{key}")
+            )
             delay = min(
                 self.settings.retry_initial * 2 ** min(len(stats.errors), 8),
                 self.settings.retry_max,
@@ -357,7 +359,10 @@ class Monitor:
             stats.errors.append(f"{key}: {reason}")
             return
         self._next_try.pop(key, None)
-        counts = store.apply_reports(jobs, reports)
+        counts = store.apply_reports(
+            jobs, reports, last_contact=store.last_poll_success(f"poll:{key}")
+        )
+        store.record_poll_success(f"poll:{key}")
         stats.changed += counts["changed"]
         stats.stale += counts["stale"]
 

@@ -1,0 +1,1 @@
+"""The ready-made portal: Django settings, URLs and ASGI/WSGI entry points built around offload."""

@@ -1,0 +1,391 @@
+"""The minimal web part: the signed-in user's jobs, one job's page (history, logs, actions) and
+the Tethys-compatible ``/update-job-status/<id>/`` endpoint.
+
+Pages are server-rendered and read rows only: no request talks to a scheduler. Actions (cancel,
+resubmit, delete) go through :mod:`offload.store`, which records intents for a monitor to carry
+out; reading logs reads the job's own log files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from django.apps import apps
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
+from django.core.paginator import Paginator
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.template import TemplateDoesNotExist, loader
+from django.template.backends.django import DjangoTemplates
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from offload import store
+from offload.errors import InvalidJobError, JobStateError, NotSupportedError
+from offload.models import EventSource, Job, JobEvent
+from offload.status import FINAL, RESULTS_PENDING, STATUS_CHOICES, Status
+from offload.web import TEMPLATES_DIR
+from offload.web.tokens import check_status_token
+
+#: Jobs per page of the list.
+PAGE_SIZE = 50
+#: How much of each log the job page shows (the end of it).
+LOG_TAIL_BYTES = 200 * 1024
+#: Longest pushed ``message`` accepted (characters).
+MAX_PUSH_MESSAGE = 65_536
+#: Longest pushed ``native_status`` (the column's size).
+MAX_NATIVE_STATUS = 255
+
+#: Status code → the CSS class of its badge.
+BADGE_CLASSES: dict[str, str] = {
+    Status.PENDING.value: "badge-pending",
+    Status.SUBMITTED.value: "badge-submitted",
+    Status.RUNNING.value: "badge-running",
+    Status.PAUSED.value: "badge-paused",
+    Status.VARIOUS.value: "badge-running",
+    Status.RESULTS_READY.value: "badge-results",
+    Status.COMPLETE.value: "badge-complete",
+    Status.VARIOUS_COMPLETE.value: "badge-complete",
+    Status.ERROR.value: "badge-error",
+    Status.ABORTED.value: "badge-aborted",
+    Status.OTHER.value: "badge-other",
+}
+
+
+# -- rendering --------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _own_templates() -> DjangoTemplates:
+    """A template engine over offload's own templates, for projects whose TEMPLATES settings do
+    not list them (``APP_DIRS`` looks in ``offload/templates``, which is a module here)."""
+    processors = [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+    ]
+    if apps.is_installed("django.contrib.messages"):
+        processors.append("django.contrib.messages.context_processors.messages")
+    return DjangoTemplates(
+        {
+            "NAME": "offload-web",
+            "DIRS": [str(TEMPLATES_DIR)],
+            "APP_DIRS": False,
+            "OPTIONS": {"context_processors": processors},
+        }
+    )
+
+
+def render_page(
+    request: HttpRequest, name: str, context: dict[str, Any], *, status: int = 200
+) -> HttpResponse:
+    """Render one of offload's pages: the project's template engines first (so a project can
+    override ``offload/*.html``), else offload's own templates."""
+    try:
+        template: Any = loader.get_template(name)
+    except TemplateDoesNotExist:
+        template = _own_templates().get_template(name)
+    return HttpResponse(template.render(context, request), status=status)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _username(request: HttpRequest) -> str:
+    return str(getattr(request.user, "username", "") or "")
+
+
+def _is_staff(request: HttpRequest) -> bool:
+    return bool(getattr(request.user, "is_staff", False))
+
+
+def _may_act(request: HttpRequest, job: Job) -> bool:
+    """Owners act on their jobs; others need the ``offload.jobs_table_actions`` permission
+    (superusers have it)."""
+    user = request.user
+    return bool(
+        (job.user_id is not None and job.user_id == user.pk)
+        or user.has_perm("offload.jobs_table_actions")
+    )
+
+
+def format_duration(value: datetime.timedelta | str | None) -> str:
+    """``1:02:03`` (``2d 1:02:03`` past a day); empty for no duration."""
+    if not isinstance(value, datetime.timedelta):
+        return ""
+    seconds = max(int(value.total_seconds()), 0)
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, seconds = divmod(rest, 60)
+    text = f"{hours}:{minutes:02d}:{seconds:02d}"
+    return f"{days}d {text}" if days else text
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """What a row of the jobs table shows beyond the job's own fields."""
+
+    job: Job
+    badge: str
+    run_time: str
+
+
+def _row(job: Job) -> JobRow:
+    return JobRow(
+        job=job, badge=BADGE_CLASSES.get(job._status, ""), run_time=format_duration(job.run_time)
+    )
+
+
+@dataclass(frozen=True)
+class LogView:
+    name: str
+    text: str
+    truncated: bool
+    size: int
+
+
+def tail(text: str, limit: int = LOG_TAIL_BYTES) -> tuple[str, bool, int]:
+    """The last ``limit`` bytes of ``text`` (UTF-8), whether it was cut, and its full size."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text, False, len(data)
+    cut = data[-limit:].decode("utf-8", errors="ignore")
+    newline = cut.find("\n")
+    if 0 <= newline < 4096:  # start at a whole line when one begins near the cut
+        cut = cut[newline + 1 :]
+    return cut, True, len(data)
+
+
+def _read_logs(job: Job) -> tuple[list[LogView], str]:
+    """The job's logs (each cut to its last LOG_TAIL_BYTES), or an explanation why there are none."""
+    try:
+        raw = job.get_logs()
+    except Exception as exc:  # an engine's log reader: report, never a 500
+        return [], f"the logs could not be read: {type(exc).__name__}: {exc}"
+    views: list[LogView] = []
+    for name, value in raw.items():
+        try:
+            content = value() if callable(value) else value
+        except Exception as exc:
+            content = f"(this log could not be read: {type(exc).__name__}: {exc})"
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", errors="replace")
+        text, truncated, size = tail("" if content is None else str(content))
+        views.append(LogView(name=str(name), text=text, truncated=truncated, size=size))
+    return views, ""
+
+
+def _jobs_for(request: HttpRequest) -> QuerySet[Job]:
+    """Jobs the user may see on a job page: their own, their groups', or (staff) every job."""
+    qs = Job.objects.visible().select_related("user", "scheduler")
+    if _is_staff(request):
+        return qs
+    shared = Job.groups.through.objects.filter(job_id=OuterRef("pk"), group__user=request.user.pk)
+    return qs.filter(Q(user=request.user.pk) | Q(Exists(shared)))
+
+
+def _get_job(request: HttpRequest, job_id: int) -> Job:
+    job = _jobs_for(request).filter(pk=job_id).first()
+    if job is None:
+        raise Http404(f"job {job_id} does not exist")
+    return job
+
+
+# -- pages ------------------------------------------------------------------------------------------
+@login_required
+@require_GET
+def jobs(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's jobs (of every app), newest first, 50 a page. Staff may add
+    ``?all=1`` to see everyone's. Two queries whatever the page size: a count and the page."""
+    show_all = _is_staff(request) and request.GET.get("all") == "1"
+    qs = (
+        Job.objects.visible()
+        .select_related("user")
+        .defer("engine_state", "parameters")
+        .order_by("-id")
+    )
+    if not show_all:
+        qs = qs.filter(user=request.user.pk)
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "rows": [_row(job) for job in page.object_list],
+        "show_all": show_all,
+        "is_staff": _is_staff(request),
+        "query_prefix": "all=1&" if show_all else "",
+    }
+    return render_page(request, "offload/jobs.html", context)
+
+
+def _detail(request: HttpRequest, job: Job, *, error: str = "", status: int = 200) -> HttpResponse:
+    current = Status(job._status)
+    events = list(JobEvent.objects.filter(job_id=job.pk).order_by("id"))
+    logs, logs_error = _read_logs(job)
+    may_act = _may_act(request, job)
+    context = {
+        "job": job,
+        "row": _row(job),
+        "events": events,
+        "logs": logs,
+        "logs_error": logs_error,
+        "log_limit_kb": LOG_TAIL_BYTES // 1024,
+        "error": error,
+        "may_act": may_act,
+        "can_cancel": may_act and current not in FINAL and current not in RESULTS_PENDING,
+        "can_resubmit": may_act and current != Status.PENDING,
+        "can_delete": may_act,
+        "status_names": dict(STATUS_CHOICES),
+    }
+    return render_page(request, "offload/job_detail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    """One job: its fields, its history, its logs, and buttons to act on it. Someone else's job
+    is a 404 unless it is shared with one of the user's groups or the user is staff."""
+    return _detail(request, _get_job(request, job_id))
+
+
+def _cancel(job: Job, actor: str) -> str:
+    store.stop(job, source=EventSource.USER, actor=actor)
+    if job._status == Status.ABORTED.value:
+        return f"Job {job.pk} cancelled."
+    return f"Cancel requested for job {job.pk}: a monitor stops it shortly."
+
+
+def _resubmit(job: Job, actor: str) -> str:
+    store.resubmit(job, source=EventSource.USER, actor=actor)
+    return f"Job {job.pk} resubmitted (attempt {job.attempt})."
+
+
+def _delete(job: Job, actor: str) -> str:
+    store.delete(job, actor=actor)
+    return f"Job {job.pk} deleted."
+
+
+ACTIONS: dict[str, Callable[[Job, str], str]] = {
+    "cancel": _cancel,
+    "resubmit": _resubmit,
+    "delete": _delete,
+}
+
+
+@login_required
+@require_POST
+def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
+    """Cancel, resubmit or delete a job (a POST form with CSRF). What the job's state does not
+    allow is shown on the job's page, never as a server error."""
+    job = _get_job(request, job_id)
+    perform = ACTIONS.get(action)
+    if perform is None:
+        raise Http404(f"no action {action!r}")
+    if not _may_act(request, job):
+        return _detail(request, job, error=f"You may not {action} job {job.pk}.", status=403)
+    try:
+        done = perform(job, _username(request))
+    except InvalidJobError as exc:
+        return _detail(request, job, error=str(exc), status=400)
+    except (JobStateError, NotSupportedError) as exc:
+        return _detail(request, job, error=str(exc), status=409)
+    messages.success(request, done, fail_silently=True)
+    if action == "delete":
+        return redirect("offload:jobs")
+    return redirect("offload:job_detail", job_id=job.pk)
+
+
+# -- the status endpoint ----------------------------------------------------------------------------
+def _json_error(status: int, error: str, field: str | None = None) -> JsonResponse:
+    body: dict[str, Any] = {"success": False, "error": error}
+    if field:
+        body["field"] = field
+    return JsonResponse(body, status=status)
+
+
+@csrf_exempt  # GET has no side effect CSRF could abuse; POST is authorised by a signed token
+def update_job_status(request: HttpRequest, job_id: int) -> HttpResponse:
+    """``GET``: ask a monitor to refresh the job soon (Tethys compatible, no login, no scheduler
+    call). ``POST``: a status report pushed by the job itself, with a signed token."""
+    if request.method in ("GET", "HEAD"):
+        if not store.request_refresh(job_id):
+            return _json_error(404, f"job {job_id} does not exist")
+        return JsonResponse({"success": True})
+    if request.method == "POST":
+        return _push_status(request, job_id)
+    response = _json_error(405, f"method {request.method} is not allowed; use GET or POST")
+    response["Allow"] = "GET, HEAD, POST"
+    return response
+
+
+def _bearer(request: HttpRequest) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _parse_body(request: HttpRequest) -> tuple[dict[str, Any], str]:
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        return {}, "body: too large"
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}, "body: not valid JSON"
+    if not isinstance(data, dict):
+        return {}, "body: expected a JSON object"
+    return data, ""
+
+
+def _optional_text(data: dict[str, Any], field: str, limit: int) -> str | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidJobError(field, "must be a string")
+    if len(value) > limit:
+        raise InvalidJobError(field, f"longer than {limit} characters")
+    return value
+
+
+def _push_status(request: HttpRequest, job_id: int) -> JsonResponse:
+    job = Job.objects.visible().filter(pk=job_id).first()
+    if job is None:
+        return _json_error(404, f"job {job_id} does not exist")
+    data, body_error = _parse_body(request)
+    token = _bearer(request) or data.get("token")
+    attempt = check_status_token(token, job_id) if isinstance(token, str) else None
+    if attempt is None:
+        return _json_error(403, "token: missing or invalid status token", "token")
+    if attempt != job.attempt:
+        return _json_error(
+            403,
+            f"token: made for attempt {attempt}; job {job_id} is on attempt {job.attempt}",
+            "token",
+        )
+    if body_error:
+        return _json_error(400, body_error, "body")
+    value = data.get("status")
+    if not isinstance(value, str) or not value.strip():
+        return _json_error(400, "status: required, a status name or code", "status")
+    status = Status.parse(value)
+    if status is None or status == Status.OTHER:
+        names = ", ".join(s.display for s in Status if s != Status.OTHER)
+        return _json_error(400, f"status: {value!r} is not a status (one of {names})", "status")
+    try:
+        message = _optional_text(data, "message", MAX_PUSH_MESSAGE)
+        native_status = _optional_text(data, "native_status", MAX_NATIVE_STATUS)
+    except InvalidJobError as exc:
+        return _json_error(400, str(exc), exc.field)
+    if status == Status.COMPLETE and job._process_results_function:
+        status = Status.RESULTS_READY  # result processing runs first, as for polled reports
+    applied = store.apply_change(
+        job,
+        store.Change(status, EventSource.PUSH, message=message, native_status=native_status),
+        attempt=job.attempt,  # the attempt the token was checked against
+    )
+    return JsonResponse({"success": True, "applied": applied, "status": job.cached_status})

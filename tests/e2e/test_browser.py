@@ -1,0 +1,232 @@
+"""The portal in a real browser: the ready-made portal runs as a subprocess (uvicorn, SQLite in a
+temporary home), a real headless Chromium signs in, sees a job in the list and opens its page.
+
+Skipped when ``/usr/bin/chromium`` is missing, except where engines are required (``CI=true`` or
+``OFFLOAD_REQUIRE_ENGINES=1``): there a missing browser fails the test. Screenshots are written to
+``$OFFLOAD_E2E_SCREENSHOTS`` if set, else to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Run in the portal's environment: a user, a LOCAL job run to the end by a monitor, a BASIC job.
+SETUP = """
+import json, os, sys
+from django.contrib.auth import get_user_model
+from offload import JobManager
+from offload.monitor import Monitor
+
+user = get_user_model().objects.create_user(os.environ["E2E_USER"], password=os.environ["E2E_PASSWORD"])
+manager = JobManager("e2e_app")
+local = manager.create_job(
+    "e2e local {id}", user, job_type="LOCAL", executable=sys.executable,
+    arguments=["-c", "import sys; print('hello from the e2e job <ok>'); print('a note', file=sys.stderr)"],
+    description="a short local job run by the monitor",
+)
+local.execute()
+code = Monitor(name="e2e-setup").run(until_idle=True, timeout=60)
+basic = manager.create_job("e2e basic {id}", user, job_type="BASIC")
+basic.execute()
+basic.update_status("Running", message="halfway there")
+print(json.dumps({"monitor": code, "local": local.pk, "basic": basic.pk}))
+"""
+
+
+def engines_required() -> bool:
+    return os.environ.get("CI") == "true" or os.environ.get("OFFLOAD_REQUIRE_ENGINES") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Portal:
+    url: str
+    username: str
+    password: str
+    jobs: dict[str, int]
+    log: Path
+
+
+def _run(args: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args[:4])}… failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result.stdout
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the server answers HTTP at all (what it answers is the test's business)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the portal exited ({proc.returncode}):\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"the portal did not answer at {url}:\n{log.read_text()}")
+
+
+@pytest.fixture
+def portal(tmp_path: Path) -> Iterator[Portal]:
+    """The ready-made portal, migrated, with a user and two jobs, served by uvicorn."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium"
+        if engines_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OFFLOAD_", "DJANGO_")) or key == "OFFLOAD_REQUIRE_ENGINES"
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="offload.portal.settings",
+        OFFLOAD_HOME=str(home),
+        OFFLOAD_DATABASE_URL=f"sqlite:///{home / 'portal.sqlite3'}",
+        OFFLOAD_POLL_INTERVAL="0.2",
+        OFFLOAD_IDLE_INTERVAL="0.1",
+        E2E_USER="erin",
+        E2E_PASSWORD="e2e-Pass-word-17",
+        PYTHONUNBUFFERED="1",
+    )
+    _run([sys.executable, "-m", "django", "migrate", "--no-input", "-v", "0"], env)
+    out = _run([sys.executable, "-m", "django", "shell", "-c", SETUP], env)
+    jobs = json.loads(out.strip().splitlines()[-1])
+    assert jobs.pop("monitor") == 0, "the setup monitor did not finish the local job in time"
+
+    port = free_port()
+    log = tmp_path / "portal.log"
+    with open(log, "wb") as out_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "offload.portal.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=out_file,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(f"{url}/update-job-status/0/", proc, log)
+        yield Portal(url, env["E2E_USER"], env["E2E_PASSWORD"], jobs, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def test_sign_in_see_jobs_and_open_one(portal: Portal, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("OFFLOAD_E2E_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    local_id, basic_id = portal.jobs["local"], portal.jobs["basic"]
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            # Signed out, the jobs page sends us to the login form, which brings us back.
+            page.goto(f"{portal.url}/jobs/")
+            expect(page).to_have_url(f"{portal.url}/accounts/login/?next=/jobs/")
+            expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+            page.get_by_label("Username").fill(portal.username)
+            page.get_by_label("Password").fill("not the password")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("alert")).to_be_visible()
+            page.screenshot(path=str(shots / "login.png"), full_page=True)
+            page.get_by_label("Password").fill(portal.password)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page).to_have_url(f"{portal.url}/jobs/")
+
+            # The list: both jobs, newest first, with their statuses.
+            expect(page.get_by_role("heading", name="My jobs")).to_be_visible()
+            rows = page.locator("table.jobs tbody tr")
+            expect(rows).to_have_count(2)
+            expect(rows.nth(0)).to_have_id(f"job-{basic_id}")
+            local_row = page.locator(f"#job-{local_id}")
+            expect(local_row).to_contain_text(f"e2e local {local_id}")
+            expect(local_row).to_contain_text("Complete")
+            expect(local_row).to_contain_text("e2e_app")
+            expect(page.locator(f"#job-{basic_id}")).to_contain_text("Running")
+            page.screenshot(path=str(shots / "jobs.png"), full_page=True)
+
+            # The job's page: fields, history and its logs (escaped).
+            local_row.get_by_role("link", name=f"e2e local {local_id}").click()
+            expect(page).to_have_url(f"{portal.url}/jobs/{local_id}/")
+            expect(page.get_by_role("heading", level=1)).to_contain_text(f"Job {local_id}")
+            expect(page.locator("table.events")).to_contain_text("Running → Complete")
+            expect(page.locator("pre.log").first).to_contain_text("hello from the e2e job <ok>")
+            expect(page.locator("pre.log").nth(1)).to_contain_text("a note")
+            expect(page.get_by_role("button", name="Resubmit")).to_be_visible()
+            expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+            page.screenshot(path=str(shots / "job_detail.png"), full_page=True)
+
+            # Cancel the running BASIC job from its page.
+            page.goto(f"{portal.url}/jobs/{basic_id}/")
+            page.get_by_role("button", name="Cancel").click()
+            expect(page.get_by_role("status")).to_contain_text(f"Job {basic_id} cancelled.")
+            expect(page.get_by_role("heading", level=1)).to_contain_text("Aborted")
+            page.screenshot(path=str(shots / "job_cancelled.png"), full_page=True)
+
+            # The status endpoint answers at the site root, without signing in.
+            response = page.request.get(f"{portal.url}/update-job-status/{local_id}/")
+            assert response.status == 200
+            assert response.json() == {"success": True}
+            assert errors == []
+        finally:
+            browser.close()
+    assert "Traceback" not in portal.log.read_text()
