@@ -357,6 +357,14 @@ class Job(models.Model):
         store.process_results_now(self)
 
     @property
+    def status_token(self) -> str:
+        """A signed token that lets whoever holds it push status reports for this attempt
+        (``POST /update-job-status/<id>/`` with ``Authorization: Bearer <token>``)."""
+        from offload.web.tokens import make_status_token
+
+        return make_status_token(self.pk, self.attempt)
+
+    @property
     def events(self) -> list[JobEvent]:
         """The job's history, oldest first."""
         return list(JobEvent.objects.filter(job_id=self.id).order_by("id"))

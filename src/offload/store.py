@@ -447,11 +447,13 @@ def execute(
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Submitted now; the monitor submits to the engine. Only a Pending job can be executed."""
-    if job._state.adding:
-        job.save()
+    # Validate first: bad parameters must not leave a half-made job behind.
     engine_cls = engine_class_for(job)
     params = engine_cls(None).validate(job.parameters or {})
-    if params != (job.parameters or {}):
+    if job._state.adding:
+        job.parameters = params
+        job.save()
+    elif params != (job.parameters or {}):
         job.parameters = params
         Job.objects.filter(pk=job.pk).update(parameters=params)
     if Status(job._status) != Status.PENDING:
