@@ -97,7 +97,9 @@ class PostgresTemplate:
     def for_this_session(cls, server_url: str) -> PostgresTemplate:
         # pytest-xdist workers run sessions in parallel: each needs its own template.
         worker = os.environ.get("PYTEST_XDIST_WORKER")
-        return cls(server_url, f"offload_template_{worker}" if worker else "offload_template")
+        # One template per pytest process: two sessions on one server must not collide.
+        suffix = f"{worker}_{os.getpid()}" if worker else str(os.getpid())
+        return cls(server_url, f"offload_template_{suffix}")
 
     def _execute(self, statement: sql.Composed) -> None:
         with psycopg.connect(self.server_url, autocommit=True) as conn:
