@@ -19,17 +19,21 @@ from offload.errors import (
     OffloadError,
     TemplateNotFoundError,
 )
-from offload.status import Category, Status
 from offload.templates import BasicJobTemplate, CondorJobTemplate, JobTemplate, LocalJobTemplate
 
 if TYPE_CHECKING:
     from offload.manager import JobManager, get_job_manager
     from offload.models import JOB_TYPES, BasicJob, Job, JobEvent, LocalJob, Scheduler
     from offload.schedulers import create_scheduler, get_scheduler, list_schedulers
+    from offload.status import Category, Status
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    # Lazy too, so `python -m offload.status` (which regenerates docs/statuses.md) runs the module
+    # once, without runpy's warning about a module imported by its own package first.
+    "Status": "offload.status",
+    "Category": "offload.status",
     "JobManager": "offload.manager",
     "get_job_manager": "offload.manager",
     "JOB_TYPES": "offload.models",

@@ -57,10 +57,6 @@ def run(attempt_dir: Path) -> int:
     grace: float = float(command.get("kill_grace", 10))
     slot_file = command.get("slot_file")
 
-    # The runner survives the terminal and monitor that started it; only the job's group is signalled.
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-
     stdout = open(attempt_dir / "stdout.log", "ab")  # noqa: SIM115 - held for the child's lifetime
     stderr = open(attempt_dir / "stderr.log", "ab")  # noqa: SIM115
     started = time.time()
@@ -88,17 +84,10 @@ def run(attempt_dir: Path) -> int:
         _release_slot(slot_file)
         return 0
 
-    write_json_atomic(
-        attempt_dir / "runner.json",
-        {
-            "runner_pid": os.getpid(),
-            "runner_start": proc_start_time(os.getpid()),
-            "pid": child.pid,
-            "pgid": child.pid,
-            "start": proc_start_time(child.pid),
-            "started": started,
-        },
-    )
+    # The runner survives the terminal and monitor that started it; only the job's group is signalled.
+    # Ignored only now: an ignored signal stays ignored across exec, and the job must get SIGTERM.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
     def escalate(_signum: int, _frame: object) -> None:
         # The engine asked us to make sure the job ends: SIGKILL the group after the grace period.
@@ -111,14 +100,46 @@ def run(attempt_dir: Path) -> int:
 
         threading.Thread(target=kill_later, daemon=True).start()
 
+    # Installed before runner.json exists: the engine signals only a runner it has read about.
     signal.signal(signal.SIGUSR1, escalate)
+
+    write_json_atomic(
+        attempt_dir / "runner.json",
+        {
+            "runner_pid": os.getpid(),
+            "runner_start": proc_start_time(os.getpid()),
+            "pid": child.pid,
+            "pgid": child.pid,
+            "start": proc_start_time(child.pid),
+            "started": started,
+        },
+    )
+
     returncode = child.wait()
+    if (attempt_dir / "cancelled").exists():
+        _finish_group(child.pid, grace)
     write_json_atomic(
         attempt_dir / "exit.json",
         {"returncode": returncode, "started": started, "finished": time.time()},
     )
     _release_slot(slot_file)
     return 0
+
+
+def _finish_group(pgid: int, grace: float) -> None:
+    """After a cancel the job's leader has ended; what is left of its process group gets up to the
+    grace period to end too, then SIGKILL, so a stopped job leaves nothing running."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _release_slot(slot_file: str | None) -> None:
