@@ -19,11 +19,17 @@ from offload.errors import (
     OffloadError,
     TemplateNotFoundError,
 )
-from offload.templates import BasicJobTemplate, CondorJobTemplate, JobTemplate, LocalJobTemplate
+from offload.templates import (
+    BasicJobTemplate,
+    CondorJobTemplate,
+    JobTemplate,
+    LocalJobTemplate,
+    SlurmJobTemplate,
+)
 
 if TYPE_CHECKING:
     from offload.manager import JobManager, get_job_manager
-    from offload.models import JOB_TYPES, BasicJob, Job, JobEvent, LocalJob, Scheduler
+    from offload.models import JOB_TYPES, BasicJob, Job, JobEvent, LocalJob, Scheduler, SlurmJob
     from offload.schedulers import create_scheduler, get_scheduler, list_schedulers
     from offload.status import Category, Status
 
@@ -40,6 +46,7 @@ _LAZY = {
     "Job": "offload.models",
     "BasicJob": "offload.models",
     "LocalJob": "offload.models",
+    "SlurmJob": "offload.models",
     "JobEvent": "offload.models",
     "Scheduler": "offload.models",
     "create_scheduler": "offload.schedulers",
@@ -75,6 +82,8 @@ __all__ = [
     "NotSupportedError",
     "OffloadError",
     "Scheduler",
+    "SlurmJob",
+    "SlurmJobTemplate",
     "Status",
     "TemplateNotFoundError",
     "create_scheduler",

@@ -7,10 +7,15 @@ settings file.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from offload.errors import ConfigurationError
+
+ENGINE_ENV_PREFIX = "OFFLOAD_ENGINE_"
 
 
 def default_home() -> Path:
@@ -42,14 +47,32 @@ class OffloadSettings:
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def engine_options_from_environment() -> dict[str, dict[str, Any]]:
+    """``OFFLOAD_ENGINE_<KIND>='{"option": value}'`` variables (printed by the start-* scripts) as
+    engine options per kind; ``OFFLOAD["ENGINES"]`` entries override them."""
+    engines: dict[str, dict[str, Any]] = {}
+    for name, value in os.environ.items():
+        if not name.startswith(ENGINE_ENV_PREFIX) or not value.strip():
+            continue
+        kind = name[len(ENGINE_ENV_PREFIX) :].lower()
+        try:
+            options = json.loads(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"{name} must hold a JSON object of options: {exc}") from None
+        if not isinstance(options, dict):
+            raise ConfigurationError(f"{name} must hold a JSON object of options, not {value!r}")
+        engines[kind] = options
+    return engines
+
+
 def get_settings() -> OffloadSettings:
     from django.conf import settings as django_settings
 
     raw: dict[str, Any] = dict(getattr(django_settings, "OFFLOAD", {}) or {})
     home = Path(raw.get("HOME") or default_home()).resolve()
-    engines: dict[str, dict[str, Any]] = {
-        k.lower(): dict(v) for k, v in (raw.get("ENGINES") or {}).items()
-    }
+    engines = engine_options_from_environment()
+    for kind, options in (raw.get("ENGINES") or {}).items():
+        engines[kind.lower()] = {**engines.get(kind.lower(), {}), **dict(options)}
     local = engines.setdefault("local", {})
     local.setdefault("state_dir", str(home / "local-engine"))
     if os.environ.get("OFFLOAD_LOCAL_MAX_JOBS"):

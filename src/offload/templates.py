@@ -76,6 +76,15 @@ class LocalJobTemplate(JobTemplate):
         super().__init__(name, self.default_type, parameters)
 
 
+class SlurmJobTemplate(JobTemplate):
+    """A template for SLURM jobs (a command or script plus partition, wall time, memory …)."""
+
+    default_type = "SLURM"
+
+    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        super().__init__(name, self.default_type, parameters)
+
+
 class CondorJobTemplate(JobTemplate):
     """A template for HTCondor jobs (``executable``, ``condorpy_template_name``, ``attributes`` …)."""
 

@@ -26,6 +26,7 @@ from offload.errors import ConfigurationError
 ENGINE_CLASSES: dict[str, str] = {
     "basic": "offload.engines.basic:BasicEngine",
     "local": "offload.engines.local:LocalEngine",
+    "slurm": "offload.engines.slurm:SlurmEngine",
 }
 
 

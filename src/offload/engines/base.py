@@ -22,7 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from offload.errors import EngineUnavailableError, NotSupportedError, SubmissionRejectedError
+from offload.errors import (
+    EngineError,
+    EngineUnavailableError,
+    InvalidJobError,
+    NotSupportedError,
+    SubmissionRejectedError,
+)
 from offload.status import Status
 from offload.transport.base import CommandResult, CommandRunner
 from offload.transport.local import LocalRunner
@@ -32,6 +38,39 @@ def submission_key(job_id: int, attempt: int) -> str:
     """The tag every native submission carries, so a monitor that crashed after submitting finds
     the existing submission instead of submitting again."""
     return f"offload-{job_id}-{attempt}"
+
+
+#: Kinds of dependency on another offload job (Slurm's names; other schedulers map them).
+DEPENDENCY_KINDS = ("afterok", "afterany", "afternotok")
+
+
+def parse_dependencies(value: Any) -> list[tuple[str, int]]:
+    """A job's ``dependencies`` parameter as (kind, offload job id) pairs. Accepted: a list of job
+    ids (``afterok``) and/or ``{"type": "afterany", "job": 12}`` items."""
+    if value is None or value == []:
+        return []
+    if not isinstance(value, list | tuple):
+        raise InvalidJobError(
+            "dependencies", 'must be a list of job ids or {"type": "afterok", "job": id} items'
+        )
+    pairs: list[tuple[str, int]] = []
+    for i, item in enumerate(value):
+        kind, job = (
+            ("afterok", item)
+            if not isinstance(item, dict)
+            else (
+                item.get("type", "afterok"),
+                item.get("job"),
+            )
+        )
+        if kind not in DEPENDENCY_KINDS:
+            raise InvalidJobError(
+                f"dependencies[{i}]", f"type {kind!r} is not one of {', '.join(DEPENDENCY_KINDS)}"
+            )
+        if isinstance(job, bool) or not isinstance(job, int | str) or not str(job).isdigit():
+            raise InvalidJobError(f"dependencies[{i}]", f"{job!r} is not an offload job id")
+        pairs.append((str(kind), int(job)))
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -125,6 +164,9 @@ class Engine(abc.ABC):
     can_cancel: ClassVar[bool] = True
     #: True when the engine runs nothing (BASIC): the monitor never polls it.
     executes: ClassVar[bool] = True
+    #: True when the scheduler can wait for other jobs: the monitor then resolves a job's
+    #: ``dependencies`` to the native ids of the jobs it waits for (``native_dependencies``).
+    supports_dependencies: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options: dict[str, Any] = dict(options or {})
@@ -221,6 +263,15 @@ class BatchSchedulerEngine(Engine):
     def cancel_command(self, native_id: str) -> list[str]:
         raise NotSupportedError(f"the {self.kind} engine cannot stop jobs")
 
+    def submit_error(self, result: CommandResult) -> EngineError:
+        """The error for a failed submit command. By default the job was refused (it becomes
+        Error); a scheduler returns :class:`EngineUnavailableError` for failures that say nothing
+        about the job (controller unreachable), so the submission is retried."""
+        return SubmissionRejectedError(
+            f"{self.kind} refused the job (exit {result.returncode}): "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+
     # -- the template ----------------------------------------------------------------------
     def run(self, argv: Sequence[str]) -> CommandResult:
         return self.runner.run(list(argv), timeout=self.command_timeout)
@@ -248,16 +299,14 @@ class BatchSchedulerEngine(Engine):
                 script = self.write_submission(spec)
                 result = self.run(self.submit_command(spec, script))
                 if result.returncode != 0:
-                    raise SubmissionRejectedError(
-                        f"{self.kind} refused the job (exit {result.returncode}): "
-                        f"{result.stderr.strip() or result.stdout.strip()}"
-                    )
+                    raise self.submit_error(result)
                 native_id = self.parse_submit_output(result)
             except EngineUnavailableError as exc:
                 results.append(
                     SubmitResult(spec.job_id, SubmitOutcome.UNAVAILABLE, message=str(exc))
                 )
-            except SubmissionRejectedError as exc:
+            except (SubmissionRejectedError, InvalidJobError) as exc:
+                # The job itself is wrong (bad parameters, refused by the scheduler): Error.
                 results.append(SubmitResult(spec.job_id, SubmitOutcome.REJECTED, message=str(exc)))
             else:
                 results.append(

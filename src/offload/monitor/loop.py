@@ -27,7 +27,14 @@ from offload import status as rules
 from offload import store
 from offload.conf import OffloadSettings, get_settings
 from offload.engines import Engine, JobSpec, engine_class
-from offload.errors import EngineUnavailableError, JobStateError, NotSupportedError, OffloadError
+from offload.engines.base import parse_dependencies
+from offload.errors import (
+    EngineUnavailableError,
+    InvalidJobError,
+    JobStateError,
+    NotSupportedError,
+    OffloadError,
+)
 from offload.models import JOB_TYPES, EventSource, IntentAction, Job, JobIntent
 from offload.schedulers import build_engine_for, engine_kind_for_job, group_key
 from offload.status import Status
@@ -171,6 +178,7 @@ class Monitor:
     def submit_group(self, key: str, intents: list[JobIntent], stats: CycleStats) -> None:
         _, engine = self.engine_for(intents[0].job)
         ready: list[JobIntent] = []
+        native_dependencies: dict[int, list[dict[str, str]]] = {}
         for intent in intents:
             previous = (intent.payload or {}).get("previous")
             if intent.action == IntentAction.RESUBMIT and previous:
@@ -185,6 +193,24 @@ class Monitor:
                     continue
                 except OffloadError as exc:
                     log.info("job %s: previous attempt not stopped: %s", intent.job_id, exc)
+            if engine.supports_dependencies and (intent.job.parameters or {}).get("dependencies"):
+                try:
+                    resolved = resolve_dependencies(intent.job, key)
+                except InvalidJobError as exc:
+                    store.apply_change(
+                        intent.job, store.Change(Status.ERROR, EventSource.MONITOR, str(exc))
+                    )
+                    store.finish_intent(intent, str(exc))
+                    continue
+                if resolved is None:
+                    store.retry_intent(
+                        intent,
+                        "waiting for the jobs it depends on to be submitted",
+                        count_try=False,
+                        delay=self.settings.idle_interval,
+                    )
+                    continue
+                native_dependencies[intent.pk] = resolved
             ready.append(intent)
         size = max(1, self.settings.submit_batch_size)
         for start in range(0, len(ready), size):
@@ -196,7 +222,12 @@ class Monitor:
                     job_type=i.job.job_type,
                     name=i.job.name,
                     workspace=i.job.workspace,
-                    parameters=dict(i.job.parameters or {}),
+                    parameters=dict(i.job.parameters or {})
+                    | (
+                        {"native_dependencies": native_dependencies[i.pk]}
+                        if i.pk in native_dependencies
+                        else {}
+                    ),
                 )
                 for i in batch
             ]
@@ -365,6 +396,49 @@ class Monitor:
         store.record_poll_success(f"poll:{key}")
         stats.changed += counts["changed"]
         stats.stale += counts["stale"]
+
+
+def resolve_dependencies(job: Job, key: str) -> list[dict[str, str]] | None:
+    """The native ids a job must wait for, from its ``dependencies`` on other offload jobs of the
+    same scheduler; None while one of them has no native id yet (the submission waits). A
+    dependency that already ended drops out when it is satisfied and makes this job an Error when
+    it never can be (``afterok`` on a job that failed)."""
+    pairs = parse_dependencies((job.parameters or {}).get("dependencies"))
+    others = {
+        other.pk: other
+        for other in Job.objects.filter(pk__in=[dep for _, dep in pairs]).select_related(
+            "scheduler"
+        )
+    }
+    resolved: list[dict[str, str]] = []
+    waiting = False
+    for kind, dep_id in pairs:
+        other = others.get(dep_id)
+        if dep_id == job.pk:
+            raise InvalidJobError("dependencies", "a job cannot depend on itself")
+        if other is None or other.deleted_at is not None:
+            raise InvalidJobError("dependencies", f"job {dep_id} does not exist")
+        if group_key(other) != key:
+            raise InvalidJobError(
+                "dependencies",
+                f"job {dep_id} runs on another scheduler ({group_key(other)}), so {key} "
+                "cannot wait for it",
+            )
+        status = Status(other._status)
+        ended_ok = status in (Status.COMPLETE, Status.RESULTS_READY)
+        ended_badly = status in (Status.ERROR, Status.ABORTED, Status.VARIOUS_COMPLETE)
+        if ended_ok or ended_badly:
+            if kind == "afterany" or (kind == "afterok") == ended_ok:
+                continue  # satisfied already
+            raise InvalidJobError(
+                "dependencies",
+                f"job {dep_id} ended {status.display}, so this job ({kind}) can never run",
+            )
+        if other.native_id and other.attempt > 0:
+            resolved.append({"type": kind, "native_id": other.native_id})
+        else:
+            waiting = True
+    return None if waiting else resolved
 
 
 def run_monitor(
