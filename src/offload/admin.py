@@ -13,17 +13,19 @@ from django.http import HttpRequest
 
 from offload import store
 from offload.errors import InvalidJobError, JobStateError, NotSupportedError
-from offload.models import EventSource, Job, JobEvent, JobIntent, Scheduler
+from offload.models import ApiToken, EventSource, Job, JobEvent, JobIntent, Scheduler
 
 if TYPE_CHECKING:  # the admin classes are generic for type checkers only
     JobAdminBase = admin.ModelAdmin[Job]
     JobEventAdminBase = admin.ModelAdmin[JobEvent]
     JobIntentAdminBase = admin.ModelAdmin[JobIntent]
     SchedulerAdminBase = admin.ModelAdmin[Scheduler]
+    ApiTokenAdminBase = admin.ModelAdmin[ApiToken]
     JobEventInlineBase = admin.TabularInline[JobEvent, Job]
     SchedulerFormBase = forms.ModelForm[Scheduler]
 else:
     JobAdminBase = JobEventAdminBase = JobIntentAdminBase = SchedulerAdminBase = admin.ModelAdmin
+    ApiTokenAdminBase = admin.ModelAdmin
     JobEventInlineBase = admin.TabularInline
     SchedulerFormBase = forms.ModelForm
 
@@ -261,3 +263,35 @@ class SchedulerAdmin(SchedulerAdminBase):
         except Exception:  # a key change (new SECRET_KEY) makes them unreadable
             return "unreadable (was SECRET_KEY changed?)"
         return ", ".join(SECRET_FIELDS.get(n, n) for n in names) or "none"
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ApiTokenAdminBase):
+    """API tokens: adding one shows the token once (only its hash is stored); they cannot be
+    edited, only deleted (revoked)."""
+
+    list_display = ("prefix", "name", "user", "created", "last_used")
+    list_filter = ("created", "last_used")
+    search_fields = ("name", "prefix", "user__username")
+    list_select_related = ("user",)
+    ordering = ("-id",)
+    fields = ("user", "name", "prefix", "created", "last_used")
+    readonly_fields = ("prefix", "created", "last_used")
+    raw_id_fields = ("user",)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        if change:
+            return
+
+        from offload.web.access import set_new_token
+
+        token = set_new_token(obj)
+        obj.save()
+        self.message_user(
+            request,
+            f"The new API token for {obj.user.get_username()} (shown only now; copy it): {token}",
+            messages.WARNING,
+        )

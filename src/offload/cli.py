@@ -293,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sched_sub, "remove", cmd_schedulers_remove, "remove a scheduler record")
     p.add_argument("name")
     _json_flag(p)
+
+    tokens = command(commands, "tokens", cmd_help, "API tokens for scripts using the REST API")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+    p = command(tokens_sub, "create", cmd_tokens_create, "create an API token for a user")
+    p.add_argument("username", metavar="USER")
+    p.add_argument("--name", default="", help="what the token is for (shown in the admin)")
+    _json_flag(p)
     return parser
 
 
@@ -1107,6 +1114,24 @@ def cmd_schedulers_remove(args: argparse.Namespace) -> int:
         print_json({"name": args.name, "removed": True})
     else:
         out.print(Text(f"removed scheduler {args.name}"))
+    return EXIT_OK
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    """Print a new API token (``Authorization: Bearer <token>``); only its hash is stored."""
+    from django.contrib.auth import get_user_model
+
+    from offload.web.access import create_api_token
+
+    user = get_user_model().objects.filter(username=args.username).first()
+    if user is None:
+        raise CommandError(f"user {args.username!r} does not exist")
+    record, token = create_api_token(user, args.name)
+    if args.json:
+        print_json({"user": user.get_username(), "name": record.name, "token": token})
+    else:
+        out.print(Text(f"API token for {user.get_username()} (shown once; keep it secret):"))
+        print(token)
     return EXIT_OK
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
 from django.urls import NoReverseMatch, reverse
@@ -148,15 +149,21 @@ class JobManager:
         if user is not None and groups is not None:
             raise ValueError("list_jobs: pass user or groups, not both")
         qs = self._scoped()
+        if isinstance(user, get_user_model()) and user.pk is not None:
+            # One user's jobs through the reverse relation: each job gets that very user object,
+            # with no join and no user object built per row.
+            qs = user.offload_jobs.visible().filter(label=self.label)
+        elif user is not None:
+            qs = qs.filter(user=user).select_related("user")
+        else:
+            # The user comes with each job (tables show it): still one query however many jobs.
+            qs = qs.select_related("user")
         if filters:
             qs = qs.filter(**dict(filters))
-        if user is not None:
-            qs = qs.filter(user=user)
         if groups is not None:
             group_objs = _resolve_groups(groups)
             qs = qs.filter(_in_groups(group_objs))
-        # The user comes with each job (tables show it): still one query however many jobs.
-        return qs.select_related("user").order_by(order_by)
+        return qs.order_by(order_by)
 
     def get_job(
         self, job_id: Any, user: Any = None, filters: Mapping[str, Any] | None = None

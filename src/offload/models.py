@@ -76,6 +76,16 @@ def json_copy(value: Any) -> Any:
     return value
 
 
+def snapshot_values(names: Any, values: Any) -> dict[str, Any]:
+    """Field name → value as loaded or saved, for ``save()`` to tell what app code changed. Only
+    JSON values can change in place, so only they are copied (a list's worth of jobs loads fast)."""
+    loaded = dict(zip(names, values, strict=False))
+    for name in JSON_ATTNAMES:
+        if name in loaded:
+            loaded[name] = json_copy(loaded[name])
+    return loaded
+
+
 def _fernet_key() -> bytes:
     digest = hashlib.sha256(("offload-secrets:" + settings.SECRET_KEY).encode()).digest()
     return base64.urlsafe_b64encode(digest)
@@ -204,6 +214,7 @@ class Job(models.Model):
         ]
         permissions = [
             ("jobs_table_actions", "Can act on every job in the jobs table"),
+            ("manage_all_jobs", "Can see and act on every user's jobs (web, API, events)"),
         ]
 
     def __str__(self) -> str:
@@ -217,9 +228,7 @@ class Job(models.Model):
     def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Job:
         instance = super().from_db(db, field_names, values, **kwargs)
         # What was loaded, so save() writes only the fields app code changed.
-        instance._loaded = {  # type: ignore[attr-defined]
-            name: json_copy(v) for name, v in zip(field_names, values, strict=False)
-        }
+        instance._loaded = snapshot_values(field_names, values)  # type: ignore[attr-defined]
         proxy = JOB_TYPES.get(instance.job_type)
         if proxy is not None and issubclass(proxy, cls):
             instance.__class__ = proxy
@@ -381,6 +390,12 @@ class Job(models.Model):
         )
 
 
+#: The JSON fields of Job (the values ``snapshot_values`` copies).
+JSON_ATTNAMES: tuple[str, ...] = tuple(
+    f.attname for f in Job._meta.concrete_fields if isinstance(f, models.JSONField)
+)
+
+
 def parameter(name: str, doc: str = "") -> Any:
     """A type-specific job attribute stored in ``Job.parameters`` (so every type shares one table)."""
 
@@ -420,10 +435,57 @@ class LocalJob(Job):
         proxy = True
 
 
-#: Job-type code → job class. Later engines add their codes (CONDOR, SLURM, DASK …).
+class SlurmJob(Job):
+    """A Slurm batch job: a command (``executable`` + ``arguments``) or a ``script``, plus
+    resources. Every value is validated by the Slurm engine before it is written into the script."""
+
+    type_code = "SLURM"
+    engine_kind = "slurm"
+    parameter_names = (
+        "executable",
+        "arguments",
+        "script",
+        "environment",
+        "working_directory",
+        "partition",
+        "account",
+        "qos",
+        "nodes",
+        "ntasks",
+        "cpus_per_task",
+        "memory",
+        "wall_time",
+        "extra_directives",
+        "dependencies",
+    )
+
+    executable = parameter("executable", "The program to run (or give a script).")
+    arguments = parameter("arguments", "Its argument list; never a shell string.")
+    script = parameter("script", "A bash script body, run after the #SBATCH directives.")
+    environment = parameter("environment", "Extra environment variables for the job.")
+    working_directory = parameter("working_directory", "Its folder (default: the workspace).")
+    partition = parameter("partition", "The Slurm partition (--partition).")
+    account = parameter("account", "The account charged (--account).")
+    qos = parameter("qos", "The quality of service (--qos).")
+    nodes = parameter("nodes", "Number of nodes (--nodes).")
+    ntasks = parameter("ntasks", "Number of tasks (--ntasks).")
+    cpus_per_task = parameter("cpus_per_task", "CPUs per task (--cpus-per-task).")
+    memory = parameter("memory", "Memory per node: megabytes or '4G' (--mem).")
+    wall_time = parameter("wall_time", "Time limit: minutes, HH:MM:SS or D-HH:MM:SS (--time).")
+    extra_directives = parameter("extra_directives", "More sbatch options, one per item.")
+    dependencies = parameter(
+        "dependencies", 'Offload jobs to wait for: ids (afterok) or {"type": …, "job": id}.'
+    )
+
+    class Meta:
+        proxy = True
+
+
+#: Job-type code → job class. Later engines add their codes (CONDOR, PBS, DASK …).
 JOB_TYPES: dict[str, type[Job]] = {
     "BASIC": BasicJob,
     "LOCAL": LocalJob,
+    "SLURM": SlurmJob,
 }
 
 
@@ -504,3 +566,24 @@ class MonitorLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} → {self.owner}"
+
+
+class ApiToken(models.Model):
+    """A token a script sends as ``Authorization: Bearer <token>`` to use the REST API as
+    ``user``. Only a SHA-256 hash of it is stored; the token itself is shown once, at creation
+    (:func:`offload.web.access.create_api_token`)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="offload_api_tokens"
+    )
+    name = models.CharField(max_length=255, blank=True, default="")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, blank=True, default="", editable=False)
+    created = models.DateTimeField(default=timezone.now)
+    last_used = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name or 'unnamed'})"

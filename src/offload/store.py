@@ -14,6 +14,7 @@ import datetime
 import importlib
 import inspect
 import logging
+import os
 import re
 import shutil
 import uuid
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import CharField, Exists, OuterRef, Q, Value
+from django.db.models.functions import Cast, Concat, Replace
 from django.utils import timezone
 
 from offload import status as rules
@@ -44,7 +46,7 @@ from offload.models import (
     JobEvent,
     JobIntent,
     MonitorLease,
-    json_copy,
+    snapshot_values,
 )
 from offload.status import Category, Status, Verdict
 
@@ -164,30 +166,32 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
     if job._state.adding:
         if not job.job_type:
             job.job_type = type(job).type_code or "BASIC"
-        with transaction.atomic():
-            super_save(*args, **kwargs)
-            updates: dict[str, Any] = {}
-            if "{id}" in job.name:
-                job.name = job.name.replace("{id}", str(job.id))
-                updates["name"] = job.name
-            if not job.workspace:
-                job.workspace = str(user_workspace(job.label, job.user) / "jobs" / str(job.id))
-                job.owns_workspace = True
-                updates["workspace"] = job.workspace
-                updates["owns_workspace"] = True
-            if updates:
-                Job.objects.filter(pk=job.pk).update(**updates)
-            pending_groups = job.__dict__.pop("_pending_groups", None)
-            if pending_groups:
-                job.groups.set(pending_groups)
-            JobEvent.objects.create(
-                job_id=job.id,
-                attempt=job.attempt,
-                from_status="",
-                to_status=job._status,
-                source=EventSource.APP,
-                message="created",
-            )
+        needs_id = "{id}" in job.name or not job.workspace
+        name, workspace = job.name, job.workspace
+        reserved: list[int] | None = None
+        try:
+            with transaction.atomic():
+                if needs_id and job.pk is None and not args:
+                    reserved = _reserve_ids(1)
+                if reserved is not None:
+                    # PostgreSQL: the id first, so the row is complete in its INSERT (no UPDATE,
+                    # no dead row version).
+                    job.id = reserved[0]
+                    _fill_id_fields(job)
+                    super_save(**{**kwargs, "force_insert": True})
+                else:
+                    super_save(*args, **kwargs)
+                    updates = _fill_id_fields(job)
+                    if updates:
+                        Job.objects.filter(pk=job.pk).update(**updates)
+                _finish_creation(job)
+        except BaseException:
+            if reserved is not None:
+                job.id = None
+            job.name, job.workspace = name, workspace
+            if not workspace:
+                job.owns_workspace = False
+            raise
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
         return
     loaded: dict[str, Any] = getattr(job, "_loaded", {})
@@ -229,47 +233,164 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
 _MISSING = object()
 
 
+def _fill_id_fields(job: Job) -> dict[str, Any]:
+    """Put the job's id into ``{id}`` in its name, and give a job without a workspace a folder of
+    its own named after its id. Returns the fields it set."""
+    updates: dict[str, Any] = {}
+    if "{id}" in job.name:
+        job.name = job.name.replace("{id}", str(job.id))
+        updates["name"] = job.name
+    if not job.workspace:
+        job.workspace = str(user_workspace(job.label, job.user) / "jobs" / str(job.id))
+        job.owns_workspace = True
+        updates["workspace"] = job.workspace
+        updates["owns_workspace"] = True
+    return updates
+
+
+def _finish_creation(job: Job) -> None:
+    """The groups create_job was given, and the creation event (in the creating transaction)."""
+    pending_groups = job.__dict__.pop("_pending_groups", None)
+    if pending_groups:
+        job.groups.set(pending_groups)
+    _insert_creation_events([job.pk])
+
+
 def _snapshot(job: Job) -> dict[str, Any]:
-    return {f.attname: json_copy(getattr(job, f.attname)) for f in job._meta.concrete_fields}
+    names = [f.attname for f in job._meta.concrete_fields]
+    return snapshot_values(names, [getattr(job, name) for name in names])
 
 
 def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
     """Insert many new jobs at once (the fast path): ``{id}`` and default workspaces resolved, one
-    creation event each. On PostgreSQL ids come back from the insert; on SQLite too (RETURNING)."""
+    creation event each, and no query per job. On PostgreSQL the ids are taken from the sequence
+    first, so each row is complete in its INSERT; elsewhere the ids come back from the INSERT and
+    the database puts them into names and workspaces (at most two UPDATEs per batch). The events
+    are written by the database from the job rows (one INSERT … SELECT per batch)."""
+    jobs = list(jobs)
+    names = [job.name for job in jobs]
+    prefixes: dict[tuple[str, Any], str] = {}
+    own_workspace: list[Job] = []
     for job in jobs:
         if not job.job_type:
             job.job_type = type(job).type_code or "BASIC"
-    with transaction.atomic():
-        created = Job.objects.bulk_create(list(jobs), batch_size=batch_size)
-        fix: list[Job] = []
-        for job in created:
-            changed = False
-            if "{id}" in job.name:
-                job.name = job.name.replace("{id}", str(job.id))
-                changed = True
-            if not job.workspace:
-                job.workspace = str(user_workspace(job.label, job.user) / "jobs" / str(job.id))
+        if not job.workspace:
+            key = (job.label, job.user_id)
+            if key not in prefixes:
+                prefixes[key] = f"{user_workspace(job.label, job.user) / 'jobs'}{os.sep}"
+            own_workspace.append(job)
+    fresh = [job for job in jobs if job.pk is None]
+    try:
+        with transaction.atomic():
+            reserved = _reserve_ids(len(fresh))
+            if reserved is not None:
+                for job, job_id in zip(fresh, reserved, strict=True):
+                    job.id = job_id
+            for job in own_workspace:
+                # The job's own folder is named after its id (appended below when not yet known).
+                job.workspace = prefixes[(job.label, job.user_id)]
                 job.owns_workspace = True
-                changed = True
-            if changed:
-                fix.append(job)
-        if fix:
-            Job.objects.bulk_update(
-                fix, ["name", "workspace", "owns_workspace"], batch_size=batch_size
-            )
-        JobEvent.objects.bulk_create(
-            [
-                JobEvent(
-                    job_id=j.id, to_status=j._status, source=EventSource.APP, message="created"
-                )
-                for j in created
-            ],
-            batch_size=batch_size,
-        )
+                if job.pk is not None:
+                    job.workspace += str(job.pk)
+            for job in jobs:
+                if job.pk is not None:
+                    job.name = job.name.replace("{id}", str(job.pk))
+            created = Job.objects.bulk_create(jobs, batch_size=batch_size)
+            if reserved is None:
+                _fill_ids_in_database(created, own_workspace, batch_size)
+            for chunk in _chunks([job.pk for job in created], batch_size):
+                _insert_creation_events(chunk)
+    except BaseException:
+        for job, name in zip(jobs, names, strict=True):
+            job.name = name
+        for job in own_workspace:
+            job.workspace = ""
+            job.owns_workspace = False
+        for job in fresh:
+            job.id = None
+        raise
     for job in created:
         job._state.adding = False
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
     return created
+
+
+def _reserve_ids(count: int) -> list[int] | None:
+    """``count`` new job ids from the table's sequence (PostgreSQL), in ascending order; None on
+    a database without sequences (SQLite), where ids are known only after the INSERT."""
+    if connection.vendor != "postgresql" or count == 0:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(seq) FROM pg_get_serial_sequence(%s, %s) AS seq, "
+            "generate_series(1, %s)",
+            [
+                connection.ops.quote_name(Job._meta.db_table),
+                str(Job._meta.get_field("id").column),
+                count,
+            ],
+        )
+        return sorted(int(row[0]) for row in cursor.fetchall())
+
+
+def _fill_ids_in_database(created: list[Job], own_workspace: list[Job], batch_size: int) -> None:
+    """Put the ids the INSERT returned into ``{id}`` names and default workspaces, in the
+    database (one UPDATE per batch and field) and on the objects."""
+    id_text = Cast("id", output_field=CharField())
+    named = [job.pk for job in created if "{id}" in job.name]
+    for chunk in _chunks(named, batch_size):
+        Job.objects.filter(pk__in=chunk).update(
+            # Any expression can replace; the stubs only allow a Value.
+            name=Replace("name", Value("{id}"), id_text)  # type: ignore[arg-type]
+        )
+    for chunk in _chunks([job.pk for job in own_workspace], batch_size):
+        Job.objects.filter(pk__in=chunk).update(workspace=Concat("workspace", id_text))
+    for job in created:
+        job.name = job.name.replace("{id}", str(job.pk))
+    for job in own_workspace:
+        job.workspace += str(job.pk)
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _insert_creation_events(job_ids: list[int]) -> None:
+    """The creation event of each job in ``job_ids``, written by the database from the job rows
+    (``INSERT … SELECT``): the rows ``JobEvent(job=…, attempt=…, to_status=…, source=app,
+    message="created")`` would be, other fields at their defaults."""
+    qn = connection.ops.quote_name
+    from_job = {
+        "job_id": str(Job._meta.get_field("id").column),
+        "attempt": str(Job._meta.get_field("attempt").column),
+        "to_status": str(Job._meta.get_field("_status").column),
+    }
+    given: dict[str, Any] = {
+        "time": timezone.now(),
+        "source": EventSource.APP.value,
+        "message": "created",
+    }
+    columns: list[str] = []
+    selected: list[str] = []
+    params: list[Any] = []
+    for field in JobEvent._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        columns.append(qn(str(field.column)))
+        if field.attname in from_job:
+            selected.append(qn(from_job[field.attname]))
+        else:
+            value = given.get(field.attname, field.get_default())
+            selected.append("%s")
+            params.append(field.get_db_prep_save(value, connection))
+    job_id = qn(from_job["job_id"])
+    event_table, job_table = qn(JobEvent._meta.db_table), qn(Job._meta.db_table)
+    ids = ", ".join(["%s"] * len(job_ids))
+    # Identifiers come from the models' metadata; every value is a query parameter.
+    sql = f"INSERT INTO {event_table} ({', '.join(columns)}) SELECT {', '.join(selected)} FROM {job_table} WHERE {job_id} IN ({ids}) ORDER BY {job_id}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *job_ids])
 
 
 # -- the one status-change primitive ---------------------------------------------------------------
@@ -352,9 +473,15 @@ def apply_change(
         if change.fields:
             fields.update(change.fields)
         with transaction.atomic():
-            updated = Job.objects.filter(
-                pk=job.pk, _status=current.value, attempt=job.attempt
-            ).update(**fields)
+            updated = (
+                Job.objects.filter(pk=job.pk, attempt=job.attempt)
+                # The status is compared through an expression so that the primary key finds the
+                # row: after many jobs changed status, stale statistics make PostgreSQL prefer the
+                # (status, job_type) index, one scan of every job in that status per update.
+                .alias(status_now=Concat("_status", Value("")))
+                .filter(status_now=current.value)
+                .update(**fields)
+            )
             if updated:
                 JobEvent.objects.create(
                     job_id=job.pk,

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,6 +75,7 @@ class Portal:
     password: str
     jobs: dict[str, int]
     log: Path
+    env: dict[str, str]
 
 
 def _run(args: list[str], env: dict[str, str]) -> str:
@@ -155,7 +157,7 @@ def portal(tmp_path: Path) -> Iterator[Portal]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(f"{url}/update-job-status/0/", proc, log)
-        yield Portal(url, env["E2E_USER"], env["E2E_PASSWORD"], jobs, log)
+        yield Portal(url, env["E2E_USER"], env["E2E_PASSWORD"], jobs, log, env)
     finally:
         proc.terminate()
         try:
@@ -229,4 +231,100 @@ def test_sign_in_see_jobs_and_open_one(portal: Portal, tmp_path: Path) -> None:
             assert errors == []
         finally:
             browser.close()
+    assert "Traceback" not in portal.log.read_text()
+
+
+#: A LOCAL job of erin's that runs for a few seconds (not yet executed), and a job of mallory's.
+LIVE_SETUP = """
+import json, sys
+from django.contrib.auth import get_user_model
+from offload import JobManager
+
+users = get_user_model().objects
+erin = users.get(username="erin")
+mallory = users.create_user("mallory", password="mallory-Pass-17")
+manager = JobManager("e2e_app")
+live = manager.create_job(
+    "e2e live {id}", erin, job_type="LOCAL", executable=sys.executable,
+    arguments=["-c", "import time; print('working', flush=True); time.sleep(3); print('done')"],
+)
+live.save()
+secret = manager.create_job("mallory secret {id}", mallory, job_type="BASIC")
+secret.save()
+print(json.dumps({"live": live.pk, "secret": secret.pk}))
+"""
+
+MONITOR = "from offload.monitor import Monitor; Monitor(name='e2e-live').run(timeout=120)"
+
+
+def _sign_in(page: Any, portal: Portal) -> None:
+    page.goto(f"{portal.url}/accounts/login/?next=/jobs/")
+    page.get_by_label("Username").fill(portal.username)
+    page.get_by_label("Password").fill(portal.password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{portal.url}/jobs/")
+
+
+def test_live_status_updates_and_other_users_jobs_are_invisible(
+    portal: Portal, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("OFFLOAD_E2E_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    out = _run([sys.executable, "-m", "django", "shell", "-c", LIVE_SETUP], portal.env)
+    ids = json.loads(out.strip().splitlines()[-1])
+    live_id, secret_id = ids["live"], ids["secret"]
+    monitor_log = tmp_path / "monitor.log"
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        monitor: subprocess.Popen[bytes] | None = None
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            _sign_in(page, portal)
+
+            # Mallory's job is nowhere: not in the list, its page and its API are 404s.
+            expect(page.locator(f"#job-{secret_id}")).to_have_count(0)
+            expect(page.locator("table.jobs")).not_to_contain_text("mallory secret")
+            assert page.request.get(f"{portal.url}/jobs/{secret_id}/").status == 404
+            assert page.request.get(f"{portal.url}/jobs/api/jobs/{secret_id}").status == 404
+
+            row = page.locator(f"#job-{live_id}")
+            expect(row).to_contain_text("Pending")
+            expect(page.locator("#live-state")).to_contain_text("live")
+            page.evaluate("window.__notReloaded = true")
+
+            # Execute it through the API (session + CSRF) and start a monitor: the row follows.
+            csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+            response = page.request.post(
+                f"{portal.url}/jobs/api/jobs/{live_id}/execute", headers={"X-CSRFToken": csrf}
+            )
+            assert response.status == 200, response.text()
+            with open(monitor_log, "wb") as log_file:
+                monitor = subprocess.Popen(
+                    [sys.executable, "-m", "django", "shell", "-c", MONITOR],
+                    env=portal.env,
+                    cwd=ROOT,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            expect(row.locator("[data-status]")).to_have_text("Running", timeout=30_000)
+            page.screenshot(path=str(shots / "jobs_live_running.png"), full_page=True)
+            expect(row.locator("[data-status]")).to_have_text("Complete", timeout=30_000)
+            expect(row.locator("[data-status]")).to_have_class("badge badge-complete")
+            assert page.evaluate("window.__notReloaded") is True  # no reload happened
+            page.screenshot(path=str(shots / "jobs_live_complete.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+            if monitor is not None:
+                monitor.terminate()
+                try:
+                    monitor.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    monitor.kill()
+                    monitor.wait(timeout=15)
     assert "Traceback" not in portal.log.read_text()

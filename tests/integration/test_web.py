@@ -110,7 +110,7 @@ def test_list_shows_only_own_jobs_newest_first(alice: Client, user: Any, other_u
     assert "alice first" in html and "alice second" in html
     assert "bob&#x27;s job" not in html and "bob's job" not in html
     assert "app_a" in html and "app_b" in html  # every app's jobs
-    assert 'class="badge badge-submitted">Submitted<' in html
+    assert 'class="badge badge-submitted" data-status>Submitted<' in html
     assert f'href="/jobs/{second.pk}/"' in html
     assert ">User<" not in html
 
@@ -159,6 +159,47 @@ def test_list_is_paginated(alice: Client, user: Any) -> None:
     assert len(alice.get("/jobs/?page=999").context["rows"]) == 5  # the last page
 
 
+def test_list_filters_and_sorts_in_the_database(alice: Client, user: Any) -> None:
+    manager = JobManager("filtering")
+    manager.bulk_create([manager.create_job(f"batch {i}", user) for i in range(3)])
+    runner = _job(user, "the runner", execute=True)
+    runner.update_status("Running")
+    local = JobManager("filtering").create_job(
+        "a local one", user, job_type="LOCAL", executable="true"
+    )
+    local.save()
+
+    def ids(url: str) -> list[int]:
+        response = alice.get(url)
+        assert response.status_code == 200
+        return [row.job.pk for row in response.context["rows"]]
+
+    assert ids("/jobs/?status=RUN") == [runner.pk]
+    assert ids("/jobs/?status=Running") == [runner.pk]
+    assert ids("/jobs/?type=LOCAL") == [local.pk]
+    assert ids("/jobs/?q=RUNNER") == [runner.pk]
+    names = [r.job.name for r in alice.get("/jobs/?sort=name").context["rows"]]
+    assert names == sorted(names)
+    assert ids("/jobs/?sort=id")[0] < ids("/jobs/?sort=-id")[0]
+    html = alice.get("/jobs/?status=PEN&sort=name").content.decode()
+    assert 'aria-sort="ascending"' in html
+    assert 'href="?status=PEN&amp;sort=-name"' in html  # a second click reverses
+    assert '<option value="PEN" selected>' in html
+    assert "No jobs match these filters." in alice.get("/jobs/?q=nothing-like-it").content.decode()
+    bad = alice.get("/jobs/?status=Sleeping&sort=owner")
+    assert bad.status_code == 200
+    assert "is not a status" in bad.content.decode()
+    assert len(bad.context["rows"]) == 5  # the filters are dropped, the page still works
+    assert alice.get("/jobs/?q=a%00b").status_code == 200
+
+
+def test_filters_keep_the_page_links(alice: Client, user: Any) -> None:
+    manager = JobManager("pages")
+    manager.bulk_create([manager.create_job(f"p{i}", user) for i in range(PAGE_SIZE + 1)])
+    html = alice.get("/jobs/?q=p&status=PEN").content.decode()
+    assert 'href="?status=PEN&amp;q=p&amp;page=2"' in html
+
+
 def _queries(client: Client, url: str) -> int:
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(url)
@@ -177,8 +218,9 @@ def test_list_query_count_does_not_grow_with_the_page(
     manager.bulk_create([manager.create_job(f"j{i}", owner) for i, owner in enumerate(owners * 2)])
     assert len(client.get("/jobs/?all=1").context["rows"]) == PAGE_SIZE
     assert _queries(client, "/jobs/?all=1") == small
-    # Session and user, then the page: a count and one select with the users joined.
-    assert small == 4
+    # Session and user, then the page: a count and one select with the users joined, and
+    # the newest event id (where the page's live stream starts).
+    assert small == 5
 
 
 # -- a job's page -----------------------------------------------------------------------------------
@@ -207,24 +249,51 @@ def test_detail_of_someone_elses_job_is_404(alice: Client, other_user: Any) -> N
     assert alice.get("/jobs/999999/").status_code == 404
 
 
-def test_group_members_and_staff_see_a_job_but_only_the_owner_acts(
-    client: Client, user: Any, other_user: Any, staff: Any
+def test_group_members_and_staff_see_and_act_on_a_shared_job(
+    client: Client, user: Any, other_user: Any, staff: Any, django_user_model: Any
 ) -> None:
+    # Access rules (offload.web.access): owner, group members and managers see and act;
+    # everyone else gets a 404 on the page and on every action.
     team = Group.objects.create(name="team")
     job = JobManager("shared").create_job("shared job", other_user, groups="team")
     job.save()
     client.force_login(user)
     assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 404
+    assert client.get("/jobs/").context["rows"] == []
     user.groups.add(team)
     page = client.get(f"/jobs/{job.pk}/")
     assert page.status_code == 200
-    assert ">Cancel<" not in page.content.decode()
-    refused = client.post(f"/jobs/{job.pk}/cancel/")
-    assert refused.status_code == 403
-    assert "You may not cancel job" in refused.content.decode()
-    assert _reload(job).status == "Pending"
+    assert ">Cancel<" in page.content.decode()
+    assert [row.job.pk for row in client.get("/jobs/").context["rows"]] == [job.pk]
+    response = client.post(f"/jobs/{job.pk}/cancel/")
+    assert response.status_code == 302
+    assert _reload(job).status == "Aborted"
     client.force_login(staff)
     assert client.get(f"/jobs/{job.pk}/").status_code == 200
+
+
+def test_manage_all_jobs_permission_sees_everything(
+    client: Client, user: Any, other_user: Any
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    job = _job(other_user, "bob's", execute=True)
+    client.force_login(user)
+    assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    user.user_permissions.add(Permission.objects.get(codename="manage_all_jobs"))
+    client.force_login(type(user).objects.get(pk=user.pk))  # a fresh permission cache
+    assert client.get(f"/jobs/{job.pk}/").status_code == 200
+    assert client.get("/jobs/").context["rows"] == []  # own (and groups') by default
+    rows = client.get("/jobs/?all=1").context["rows"]
+    assert [row.job.pk for row in rows] == [job.pk]
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 302
+    assert _reload(job).status == "Aborted"
+
+
+def test_huge_job_ids_are_404_not_500(alice: Client) -> None:
+    assert alice.get(f"/jobs/{2**70}/").status_code == 404
+    assert alice.post(f"/jobs/{2**70}/cancel/").status_code == 404
 
 
 def test_deleted_jobs_are_gone(alice: Client, user: Any) -> None:

@@ -3,23 +3,27 @@
     path("jobs/", include("offload.urls"))
 
 gives ``/jobs/`` (the list), ``/jobs/<id>/`` (a job), ``/jobs/<id>/cancel|resubmit|delete/``
-(POST) and ``/jobs/update-job-status/<id>/``. The ready-made portal also mounts
+(POST), ``/jobs/update-job-status/<id>/``, the REST API under ``/jobs/api/`` (OpenAPI document
+at ``/jobs/api/openapi.json``) and the event stream ``/jobs/events/stream``. The ready-made portal also mounts
 ``offload.urls_root`` at the site root for Tethys's ``/update-job-status/<id>/``.
 """
 
 from __future__ import annotations
 
-from django.urls import URLPattern, path
+from django.urls import URLPattern, URLResolver, path
 
-from offload.web import views
+from offload.web import sse, views
+from offload.web.api import api
 
 app_name = "offload"
 
-urlpatterns: list[URLPattern] = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("", views.jobs, name="jobs"),
     path("<int:job_id>/", views.job_detail, name="job_detail"),
     path("<int:job_id>/cancel/", views.job_action, {"action": "cancel"}, name="job_cancel"),
     path("<int:job_id>/resubmit/", views.job_action, {"action": "resubmit"}, name="job_resubmit"),
     path("<int:job_id>/delete/", views.job_action, {"action": "delete"}, name="job_delete"),
     path("update-job-status/<int:job_id>/", views.update_job_status, name="update_job_status"),
+    path("events/stream", sse.events_stream, name="events_stream"),
+    path("api/", api.urls),
 ]

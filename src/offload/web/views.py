@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlencode
 
 from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template import TemplateDoesNotExist, loader
@@ -30,9 +31,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from offload import store
 from offload.errors import InvalidJobError, JobStateError, NotSupportedError
-from offload.models import EventSource, Job, JobEvent
+from offload.models import JOB_TYPES, EventSource, Job, JobEvent
 from offload.status import FINAL, RESULTS_PENDING, STATUS_CHOICES, Status
-from offload.web import TEMPLATES_DIR
+from offload.web import TEMPLATES_DIR, access, listing
 from offload.web.tokens import check_status_token
 
 #: Jobs per page of the list.
@@ -99,17 +100,12 @@ def _username(request: HttpRequest) -> str:
 
 
 def _is_staff(request: HttpRequest) -> bool:
-    return bool(getattr(request.user, "is_staff", False))
+    return access.can_manage_all(request.user)
 
 
 def _may_act(request: HttpRequest, job: Job) -> bool:
-    """Owners act on their jobs; others need the ``offload.jobs_table_actions`` permission
-    (superusers have it)."""
-    user = request.user
-    return bool(
-        (job.user_id is not None and job.user_id == user.pk)
-        or user.has_perm("offload.jobs_table_actions")
-    )
+    """Whoever may see a job may act on it (see :mod:`offload.web.access`)."""
+    return access.may_act(request.user, job)
 
 
 def format_duration(value: datetime.timedelta | str | None) -> str:
@@ -178,44 +174,74 @@ def _read_logs(job: Job) -> tuple[list[LogView], str]:
     return views, ""
 
 
-def _jobs_for(request: HttpRequest) -> QuerySet[Job]:
-    """Jobs the user may see on a job page: their own, their groups', or (staff) every job."""
-    qs = Job.objects.visible().select_related("user", "scheduler")
-    if _is_staff(request):
-        return qs
-    shared = Job.groups.through.objects.filter(job_id=OuterRef("pk"), group__user=request.user.pk)
-    return qs.filter(Q(user=request.user.pk) | Q(Exists(shared)))
-
-
 def _get_job(request: HttpRequest, job_id: int) -> Job:
-    job = _jobs_for(request).filter(pk=job_id).first()
-    if job is None:
-        raise Http404(f"job {job_id} does not exist")
-    return job
+    """The job if the user may see it (:mod:`offload.web.access`), else a 404."""
+    qs = Job.objects.visible().select_related("user", "scheduler")
+    return access.get_job_or_404(request.user, job_id, qs)
 
 
 # -- pages ------------------------------------------------------------------------------------------
 @login_required
 @require_GET
 def jobs(request: HttpRequest) -> HttpResponse:
-    """The signed-in user's jobs (of every app), newest first, 50 a page. Staff may add
-    ``?all=1`` to see everyone's. Two queries whatever the page size: a count and the page."""
+    """The signed-in user's jobs and those shared with their groups (of every app), newest
+    first, 50 a page. Staff and holders of ``offload.manage_all_jobs`` may add ``?all=1`` to see
+    everyone's. Filters (``status``, ``type``, ``q``) and ``sort`` run in the database: a count
+    and the page, whatever the number of jobs."""
     show_all = _is_staff(request) and request.GET.get("all") == "1"
-    qs = (
-        Job.objects.visible()
-        .select_related("user")
-        .defer("engine_state", "parameters")
-        .order_by("-id")
+    qs: QuerySet[Job] = (
+        Job.objects.visible().select_related("user").defer("engine_state", "parameters")
     )
     if not show_all:
-        qs = qs.filter(user=request.user.pk)
+        qs = qs.filter(access.shared_with(request.user))
+    active = {
+        key: request.GET.get(key, "").strip()[: listing.MAX_SEARCH]
+        for key in ("status", "type", "q", "sort")
+    }
+    active = {key: value for key, value in active.items() if value}
+    sort = active.get("sort", listing.DEFAULT_SORT)
+    error = ""
+    try:
+        qs = listing.filter_jobs(
+            qs,
+            status=active.get("status"),
+            job_type=active.get("type"),
+            q=active.get("q"),
+            sort=sort,
+        )
+    except InvalidJobError as exc:
+        error, active, sort = str(exc), {}, listing.DEFAULT_SORT
+        qs = qs.order_by("-id")
     page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    base = {"all": "1"} if show_all else {}
+    query = urlencode({**base, **active})
+    sort_urls, sort_marks = {}, {}
+    for key in listing.SORTS:
+        if sort == "-" + key:
+            following, sort_marks[key] = key, "descending"
+        elif sort == key:
+            following, sort_marks[key] = "-" + key, "ascending"
+        else:
+            following = "-" + key if key in ("id", "created", "started", "finished") else key
+        sort_urls[key] = "?" + urlencode({**base, **active, "sort": following})
     context = {
         "page": page,
         "rows": [_row(job) for job in page.object_list],
         "show_all": show_all,
         "is_staff": _is_staff(request),
-        "query_prefix": "all=1&" if show_all else "",
+        "query_prefix": f"{query}&" if query else "",
+        "filters": active,
+        "filter_error": error,
+        "sort_urls": sort_urls,
+        "sort_marks": sort_marks,
+        "status_choices": STATUS_CHOICES,
+        "job_types": sorted(JOB_TYPES),
+        "all_url": "?" + urlencode({"all": "1", **active}),
+        "mine_url": "?" + urlencode(active),
+        # The live stream starts after the newest event when the page was made (one indexed
+        # query), so no change between rendering and connecting is missed.
+        "last_event_id": JobEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0,
+        "badge_classes": BADGE_CLASSES,
     }
     return render_page(request, "offload/jobs.html", context)
 
@@ -283,8 +309,6 @@ def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
     perform = ACTIONS.get(action)
     if perform is None:
         raise Http404(f"no action {action!r}")
-    if not _may_act(request, job):
-        return _detail(request, job, error=f"You may not {action} job {job.pk}.", status=403)
     try:
         done = perform(job, _username(request))
     except InvalidJobError as exc:
