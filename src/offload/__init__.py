@@ -29,8 +29,22 @@ from offload.templates import (
 
 if TYPE_CHECKING:
     from offload.manager import JobManager, get_job_manager
-    from offload.models import JOB_TYPES, BasicJob, Job, JobEvent, LocalJob, Scheduler, SlurmJob
-    from offload.schedulers import create_scheduler, get_scheduler, list_schedulers
+    from offload.models import (
+        JOB_TYPES,
+        BasicJob,
+        DaskJob,
+        Job,
+        JobEvent,
+        LocalJob,
+        Scheduler,
+        SlurmJob,
+    )
+    from offload.schedulers import (
+        create_dask_scheduler,
+        create_scheduler,
+        get_scheduler,
+        list_schedulers,
+    )
     from offload.status import Category, Status
 
 __version__ = "0.1.0"
@@ -47,9 +61,11 @@ _LAZY = {
     "BasicJob": "offload.models",
     "LocalJob": "offload.models",
     "SlurmJob": "offload.models",
+    "DaskJob": "offload.models",
     "JobEvent": "offload.models",
     "Scheduler": "offload.models",
     "create_scheduler": "offload.schedulers",
+    "create_dask_scheduler": "offload.schedulers",
     "get_scheduler": "offload.schedulers",
     "list_schedulers": "offload.schedulers",
 }
@@ -68,6 +84,7 @@ __all__ = [
     "BasicJobTemplate",
     "Category",
     "CondorJobTemplate",
+    "DaskJob",
     "EngineUnavailableError",
     "InvalidJobError",
     "Job",
@@ -86,6 +103,7 @@ __all__ = [
     "SlurmJobTemplate",
     "Status",
     "TemplateNotFoundError",
+    "create_dask_scheduler",
     "create_scheduler",
     "get_job_manager",
     "get_scheduler",

@@ -481,11 +481,107 @@ class SlurmJob(Job):
         proxy = True
 
 
+class DaskJob(Job):
+    """A task on a Dask scheduler (Tethys's DaskJob): ``job.execute(obj)`` with a
+    ``dask.delayed`` object, a ``Future``, or a callable and its arguments. The task is written
+    into the job's workspace with Dask's serialization (never into the database); the monitor
+    submits it, follows it on the scheduler and stores its result, which ``job.result`` loads."""
+
+    type_code = "DASK"
+    engine_kind = "dask"
+    parameter_names = ("forget", "scheduler_address", "key")
+
+    forget = parameter("forget", "True: do not keep the result (no result retrieval).")
+    scheduler_address = parameter(
+        "scheduler_address", "The scheduler to run on (default: the engine's or the record's)."
+    )
+
+    class Meta:
+        proxy = True
+
+    @property
+    def key(self) -> str:
+        """The Dask key of the task (``offload-<id>-<attempt>``, or the Future's key)."""
+        params = self.parameters or {}
+        return str(self.native_id or params.get("key") or "")
+
+    @key.setter
+    def key(self, value: str) -> None:
+        params = dict(self.parameters or {})
+        params["key"] = value
+        self.parameters = params
+
+    @property
+    def dashboard_url(self) -> str:
+        return str((self.engine_state or {}).get("dashboard") or "")
+
+    @property
+    def result(self) -> Any:
+        """The task's result, stored by the monitor (None before it finished, or with forget)."""
+        if not self.attempt or not self.workspace:
+            return None
+        from offload.engines.dask import load_result
+
+        return load_result(self.workspace, self.attempt)
+
+    def results_argument(self) -> Any:
+        """What ``process_results_function(job, result)`` receives."""
+        return self.result
+
+    def execute(self, *args: Any, **kwargs: Any) -> None:
+        """``execute(delayed_or_future)`` or ``execute(function, *args, **kwargs)``."""
+        from offload import store
+        from offload.engines import dask as dask_engine
+        from offload.errors import InvalidJobError
+
+        source = kwargs.pop("source", EventSource.APP)
+        if not args:
+            raise InvalidJobError(
+                "obj",
+                "give the task: job.execute(delayed_obj), job.execute(future) or "
+                "job.execute(function, *args, **kwargs)",
+            )
+        obj, call_args = args[0], args[1:]
+        kind = dask_engine.task_kind(obj)
+        params = dict(self.parameters or {})
+        params["task"] = kind
+        data = b""
+        if kind == "future":
+            if call_args or kwargs:
+                raise InvalidJobError("obj", "a Future takes no arguments")
+            if not isinstance(obj.key, str):
+                raise InvalidJobError("obj", f"the Future's key {obj.key!r} is not a string")
+            params["key"] = obj.key
+            params.setdefault("scheduler_address", obj.client.scheduler.address)
+        else:
+            if kind == "delayed" and (call_args or kwargs):
+                raise InvalidJobError("obj", "a delayed object takes no arguments")
+            data = dask_engine.task_bytes(kind, obj, call_args, kwargs)
+        if not self._state.adding and (Status(self._status) != Status.PENDING or self.attempt):
+            store.execute(self, source=source)  # refuses: already executed
+            return
+        dask_engine.DaskEngine(None).validate(params)
+        self.parameters = params
+        if self._state.adding:
+            self.save()
+        else:
+            Job.objects.filter(pk=self.pk).update(parameters=params)
+        if kind == "future":
+            # Held on its scheduler, so the task outlives the app's own reference to it.
+            dask_engine.hold_future(obj)
+        else:
+            if not self.workspace:
+                raise InvalidJobError("workspace", "a DaskJob needs a workspace for its task")
+            dask_engine.write_task(self.workspace, data)
+        store.execute(self, source=source)
+
+
 #: Job-type code → job class. Later engines add their codes (CONDOR, PBS, DASK …).
 JOB_TYPES: dict[str, type[Job]] = {
     "BASIC": BasicJob,
     "LOCAL": LocalJob,
     "SLURM": SlurmJob,
+    "DASK": DaskJob,
 }
 
 

@@ -38,7 +38,10 @@ def group_key(job: Job) -> str:
 
 
 def engine_options(kind: str, scheduler: Scheduler | None) -> dict[str, Any]:
-    defaults = dict(get_settings().engines.get(kind, {}))
+    settings = get_settings()
+    defaults = dict(settings.engines.get(kind, {}))
+    # Remote engines map workspaces below this folder to their remote_workspace_root.
+    defaults.setdefault("local_workspace_root", str(settings.workspace_root))
     if scheduler is not None:
         defaults.update(scheduler.engine_options())
     return defaults
@@ -80,6 +83,8 @@ def create_scheduler(
         )
     if port is not None and not (0 < int(port) < 65536):
         raise InvalidJobError("port", f"{port!r} is not a TCP port (1-65535)")
+    if scheduler_type == "dask":
+        _check_dask_options(host, options)
     if Scheduler.objects.filter(name=name).exists():
         raise InvalidJobError("name", f"a scheduler named {name!r} already exists")
     if private_key_path:
@@ -95,6 +100,50 @@ def create_scheduler(
     scheduler.set_secrets({"password": password or "", "private_key_pass": private_key_pass or ""})
     scheduler.save()
     return scheduler
+
+
+def create_dask_scheduler(
+    name: str,
+    host: str,
+    timeout: float | None = None,
+    heartbeat_interval: int | None = None,
+    dashboard: str | None = None,
+) -> Scheduler:
+    """Register a Dask scheduler (Tethys's ``create_dask_scheduler``): ``host`` is its address
+    (``tcp://10.0.0.5:8786`` or ``10.0.0.5:8786``), ``timeout`` the seconds to connect,
+    ``heartbeat_interval`` the client's heartbeat in milliseconds, ``dashboard`` its dashboard URL."""
+    return create_scheduler(
+        name,
+        host=host,
+        scheduler_type="dask",
+        timeout=timeout,
+        heartbeat_interval=heartbeat_interval,
+        dashboard=dashboard,
+    )
+
+
+def _check_dask_options(host: str, options: dict[str, Any]) -> None:
+    if not isinstance(host, str) or not host.strip():
+        raise InvalidJobError("host", "a Dask scheduler needs its address, e.g. tcp://host:8786")
+    if any(c.isspace() for c in host.strip()):
+        raise InvalidJobError("host", f"{host!r} is not a scheduler address")
+    for field, kind in (("timeout", float), ("heartbeat_interval", int)):
+        value = options.get(field)
+        if value is None:
+            options.pop(field, None)
+            continue
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = 0
+        if isinstance(value, bool) or number <= 0:
+            raise InvalidJobError(field, f"must be a positive number, not {value!r}")
+        options[field] = number
+    dashboard = options.get("dashboard")
+    if not dashboard:
+        options.pop("dashboard", None)
+    elif not isinstance(dashboard, str) or not dashboard.startswith(("http://", "https://")):
+        raise InvalidJobError("dashboard", f"must be an http(s) URL, not {dashboard!r}")
 
 
 def list_schedulers(scheduler_type: str | None = None) -> list[Scheduler]:

@@ -159,6 +159,8 @@ def _build_allowed() -> None:
 
 
 _build_allowed()
+# A released hold puts a queued job back in the queue: Paused may return to Submitted.
+_ALLOWED[Status.PAUSED] = _ALLOWED[Status.PAUSED] | {Status.SUBMITTED}
 
 
 def info(status: Status) -> StatusInfo:
@@ -263,7 +265,7 @@ def render_docs() -> str:
         "offload keeps Tethys's eleven statuses. Every change goes through one rule "
         "(`offload.status.check_transition`): a report may move a job to a higher rank, or sideways "
         "among Running, Paused and Various; a late or duplicate report never moves it back; a final "
-        "status is left only by `resubmit()`, which starts a new attempt and keeps the history. "
+        "status is left only by `resubmit()`, which starts a new attempt and keeps the history. One exception to forward-only: a paused job whose hold is released while it is still queued returns to Submitted. "
         "A custom status (Other) ranks by the category it was declared in; an undeclared one "
         "counts as running, so the monitor keeps watching the job.\n\n"
         + status_table_markdown()

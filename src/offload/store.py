@@ -905,8 +905,13 @@ def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
     try:
         if function_name:
             function = resolve_function(function_name)
-            result_arg = (job.engine_state or {}).get("result")
-            function(job, result_arg) if _wants_two(function) else function(job)
+            # A job type that stores its result elsewhere (DaskJob: in the workspace) loads it.
+            if _wants_two(function):
+                loader = getattr(job, "results_argument", None)
+                state = job.engine_state or {}
+                function(job, loader() if callable(loader) else state.get("result"))
+            else:
+                function(job)
     except Exception as exc:  # the app's code: any failure is reported, not raised into the loop
         message = f"result processing failed: {type(exc).__name__}: {exc}"
         log.warning("job %s: %s", job.pk, message)

@@ -295,6 +295,9 @@ def test_live_status_updates_and_other_users_jobs_are_invisible(
             row = page.locator(f"#job-{live_id}")
             expect(row).to_contain_text("Pending")
             expect(page.locator("#live-state")).to_contain_text("live")
+            # Only what the status allows is shown: Run and Delete while Pending.
+            expect(row.get_by_role("button", name="Run")).to_be_visible()
+            expect(row.get_by_role("button", name="Terminate")).to_be_hidden()
             page.evaluate("window.__notReloaded = true")
 
             # Execute it through the API (session + CSRF) and start a monitor: the row follows.
@@ -312,9 +315,14 @@ def test_live_status_updates_and_other_users_jobs_are_invisible(
                     stderr=subprocess.STDOUT,
                 )
             expect(row.locator("[data-status]")).to_have_text("Running", timeout=30_000)
+            # The stream also switches the actions: no Run any more, Terminate instead.
+            expect(row.get_by_role("button", name="Run")).to_be_hidden()
+            expect(row.get_by_role("button", name="Terminate")).to_be_visible()
             page.screenshot(path=str(shots / "jobs_live_running.png"), full_page=True)
             expect(row.locator("[data-status]")).to_have_text("Complete", timeout=30_000)
             expect(row.locator("[data-status]")).to_have_class("badge badge-complete")
+            expect(row.get_by_role("button", name="Resubmit")).to_be_visible()
+            expect(row.get_by_role("button", name="Terminate")).to_be_hidden()
             assert page.evaluate("window.__notReloaded") is True  # no reload happened
             page.screenshot(path=str(shots / "jobs_live_complete.png"), full_page=True)
             assert errors == []
@@ -328,3 +336,46 @@ def test_live_status_updates_and_other_users_jobs_are_invisible(
                     monitor.kill()
                     monitor.wait(timeout=15)
     assert "Traceback" not in portal.log.read_text()
+
+
+def test_terminate_from_the_table_asks_first(portal: Portal, tmp_path: Path) -> None:
+    """The jobs table's Terminate asks for confirmation; dismissed, nothing happens; accepted,
+    the job is stopped and the user is back on the table."""
+    from playwright.sync_api import expect, sync_playwright
+
+    basic_id = portal.jobs["basic"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            _sign_in(page, portal)
+            row = page.locator(f"#job-{basic_id}")
+            expect(row.locator("[data-status]")).to_have_text("Running")
+            asked: list[str] = []
+
+            def dismiss(dialog: Any) -> None:
+                asked.append(dialog.message)
+                dialog.dismiss()
+
+            page.once("dialog", dismiss)
+            row.get_by_role("button", name="Terminate").click()
+            page.wait_for_timeout(300)
+            assert asked == [f"Terminate job {basic_id} (e2e basic {basic_id})?"]
+            expect(page).to_have_url(f"{portal.url}/jobs/")
+            expect(row.locator("[data-status]")).to_have_text("Running")
+
+            page.once("dialog", lambda dialog: dialog.accept())
+            row.get_by_role("button", name="Terminate").click()
+            expect(page.get_by_role("status").filter(has_text="cancelled")).to_contain_text(
+                f"Job {basic_id} cancelled."
+            )
+            expect(page).to_have_url(f"{portal.url}/jobs/")
+            expect(page.locator(f"#job-{basic_id} [data-status]")).to_have_text("Aborted")
+            expect(
+                page.locator(f"#job-{basic_id}").get_by_role("button", name="Delete")
+            ).to_be_visible()
+            assert errors == []
+        finally:
+            browser.close()

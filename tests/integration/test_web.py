@@ -218,9 +218,9 @@ def test_list_query_count_does_not_grow_with_the_page(
     manager.bulk_create([manager.create_job(f"j{i}", owner) for i, owner in enumerate(owners * 2)])
     assert len(client.get("/jobs/?all=1").context["rows"]) == PAGE_SIZE
     assert _queries(client, "/jobs/?all=1") == small
-    # Session and user, then the page: a count and one select with the users joined, and
-    # the newest event id (where the page's live stream starts).
-    assert small == 5
+    # Session and user, then the page: a count and one select with the users joined, the open
+    # intents of the jobs shown (one query), and the newest event id (where the stream starts).
+    assert small == 6
 
 
 # -- a job's page -----------------------------------------------------------------------------------

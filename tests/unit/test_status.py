@@ -139,7 +139,7 @@ BACKWARD = [
     (Status.SUBMITTED, Status.PENDING),
     (Status.RUNNING, Status.SUBMITTED),
     (Status.RUNNING, Status.PENDING),
-    (Status.PAUSED, Status.SUBMITTED),
+    (Status.PAUSED, Status.PENDING),
     (Status.RESULTS_READY, Status.RUNNING),
     (Status.RESULTS_READY, Status.SUBMITTED),
     (Status.VARIOUS_COMPLETE, Status.VARIOUS),
@@ -224,9 +224,13 @@ def test_allowed_transitions_table_is_consistent_with_check_transition() -> None
 
 
 def test_ranks_never_decrease_along_allowed_edges() -> None:
+    # The one exception: a released hold sends a paused (queued) job back to the queue.
     for current, targets in rules.allowed_transitions().items():
         for new in targets:
-            if Status.OTHER in (current, new):
+            if Status.OTHER in (current, new) or (current, new) == (
+                Status.PAUSED,
+                Status.SUBMITTED,
+            ):
                 continue
             assert rules.rank(new) >= rules.rank(current), (current, new)
 
@@ -255,3 +259,8 @@ def test_render_docs_lists_every_status() -> None:
     for display, code in TETHYS:
         assert f"| {display} | {code} |" in docs
     assert "```mermaid" in docs
+
+
+def test_a_released_hold_returns_a_paused_job_to_the_queue() -> None:
+    # A job held while queued and then released is queued again, not running.
+    assert check_transition(Status.PAUSED, Status.SUBMITTED) is Verdict.APPLY

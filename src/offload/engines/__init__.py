@@ -27,6 +27,7 @@ ENGINE_CLASSES: dict[str, str] = {
     "basic": "offload.engines.basic:BasicEngine",
     "local": "offload.engines.local:LocalEngine",
     "slurm": "offload.engines.slurm:SlurmEngine",
+    "dask": "offload.engines.dask:DaskEngine",
 }
 
 

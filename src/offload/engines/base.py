@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from offload.errors import (
+    ConfigurationError,
     EngineError,
     EngineUnavailableError,
     InvalidJobError,
@@ -30,8 +31,8 @@ from offload.errors import (
     SubmissionRejectedError,
 )
 from offload.status import Status
+from offload.transport import runner_for
 from offload.transport.base import CommandResult, CommandRunner
-from offload.transport.local import LocalRunner
 
 
 def submission_key(job_id: int, attempt: int) -> str:
@@ -221,7 +222,31 @@ class BatchSchedulerEngine(Engine):
         self, options: Mapping[str, Any] | None = None, runner: CommandRunner | None = None
     ) -> None:
         super().__init__(options)
-        self.runner: CommandRunner = runner if runner is not None else LocalRunner()
+        #: Where the scheduler's commands run: here, or over SSH when the options name a remote
+        #: ``host`` (one connection per engine, so per scheduler, reused across cycles).
+        self.runner: CommandRunner = runner if runner is not None else runner_for(self.options)
+        #: On a remote host, job folders live under this folder (``remote_workspace_root``);
+        #: without it the remote side uses the same paths (a shared file system).
+        self.remote_root = str(self.options.get("remote_workspace_root") or "").rstrip("/")
+        if self.remote_root and not self.remote_root.startswith("/"):
+            raise ConfigurationError(
+                f"remote_workspace_root must be an absolute path, not {self.remote_root!r}"
+            )
+        self.local_root = str(self.options.get("local_workspace_root") or "").rstrip("/")
+
+    def remote_workspace(self, workspace: str) -> str:
+        """The job's workspace where its scheduler runs it. With ``remote_workspace_root`` set:
+        that folder plus the workspace's path below ``local_workspace_root`` (or its whole path);
+        the script is written there and its logs are read back from there."""
+        if not self.remote_root or workspace.startswith(self.remote_root + "/"):
+            return workspace
+        relative = workspace.lstrip("/")
+        if self.local_root and workspace.startswith(self.local_root + "/"):
+            relative = workspace[len(self.local_root) + 1 :]
+        return f"{self.remote_root}/{relative}"
+
+    def close(self) -> None:
+        self.runner.close()
 
     # -- what a scheduler supplies ---------------------------------------------------------
     @abc.abstractmethod
@@ -277,6 +302,9 @@ class BatchSchedulerEngine(Engine):
         return self.runner.run(list(argv), timeout=self.command_timeout)
 
     def submit_batch(self, specs: Sequence[JobSpec]) -> list[SubmitResult]:
+        specs = [
+            dataclasses.replace(s, workspace=self.remote_workspace(s.workspace)) for s in specs
+        ]
         try:
             existing = self.find_submissions(specs) if specs else {}
         except EngineUnavailableError as exc:

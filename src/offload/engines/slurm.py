@@ -585,7 +585,7 @@ class SlurmEngine(BatchSchedulerEngine):
             )
 
     def get_logs(self, handle: JobHandle) -> dict[str, str]:
-        folder = attempt_folder(handle.workspace, handle.attempt)
+        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
         logs: dict[str, str] = {}
         for name in ("stdout", "stderr"):
             text = self.runner.read_text(f"{folder}/{name}.log")

@@ -284,7 +284,8 @@ class Monitor:
                 store.finish_intent(intent, "paused")
             elif action == IntentAction.RESUME:
                 engine.resume(handle)
-                store.apply_change(job, store.Change(Status.RUNNING, EventSource.MONITOR))
+                # The poll (due at once) tells Running from back-in-the-queue (a released hold).
+                self._poll_soon.add(key)
                 store.finish_intent(intent, "resumed")
             elif action == IntentAction.DELETE:
                 from offload.engines.base import JobHandle

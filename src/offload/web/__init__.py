@@ -1,7 +1,8 @@
 """offload's web part: the jobs pages, the status endpoint and their templates.
 
 The templates live in :data:`TEMPLATES_DIR` (``offload/web/templates``): ``offload/base.html``,
-``offload/jobs.html``, ``offload/job_detail.html`` and ``registration/login.html``.
+``offload/jobs.html``, ``offload/jobs_table.html`` (the ``{% jobs_table %}`` tag),
+``offload/job_detail.html`` and ``registration/login.html``.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template import TemplateDoesNotExist, loader
 from django.template.backends.django import DjangoTemplates
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -34,6 +35,7 @@ from offload.errors import InvalidJobError, JobStateError, NotSupportedError
 from offload.models import JOB_TYPES, EventSource, Job, JobEvent
 from offload.status import FINAL, RESULTS_PENDING, STATUS_CHOICES, Status
 from offload.web import TEMPLATES_DIR, access, listing
+from offload.web.jobs_table import JobsTable
 from offload.web.tokens import check_status_token
 
 #: Jobs per page of the list.
@@ -180,6 +182,19 @@ def _get_job(request: HttpRequest, job_id: int) -> Job:
     return access.get_job_or_404(request.user, job_id, qs)
 
 
+#: Column field of the jobs page → its sort key (offload.web.listing.SORTS).
+TABLE_SORT_KEYS: dict[str, str] = {
+    "id": "id",
+    "name": "name",
+    "label": "app",
+    "job_type": "type",
+    "status": "status",
+    "creation_time": "created",
+    "start_time": "started",
+    "completion_time": "finished",
+}
+
+
 # -- pages ------------------------------------------------------------------------------------------
 @login_required
 @require_GET
@@ -224,9 +239,33 @@ def jobs(request: HttpRequest) -> HttpResponse:
         else:
             following = "-" + key if key in ("id", "created", "started", "finished") else key
         sort_urls[key] = "?" + urlencode({**base, **active, "sort": following})
+    rows = [_row(job) for job in page.object_list]
+    columns: list[tuple[str, str]] = [("ID", "id"), ("Name", "name")]
+    if show_all:
+        columns.append(("User", "user"))
+    columns += [
+        ("App", "label"),
+        ("Type", "job_type"),
+        ("Created", "creation_time"),
+        ("Started", "start_time"),
+        ("Finished", "completion_time"),
+        ("Run time", "run_time"),
+    ]
+    sort_links = {
+        field: (sort_urls[key], sort_marks.get(key, "")) for field, key in TABLE_SORT_KEYS.items()
+    }
+    table = JobsTable(
+        jobs=[row.job for row in rows],
+        column_fields=columns,
+        sort=False,  # sorted (and paged) in the database
+        sort_links=sort_links,
+        hover=True,
+        caption=("All jobs" if show_all else "My jobs") + ", newest first",
+    )
     context = {
         "page": page,
-        "rows": [_row(job) for job in page.object_list],
+        "rows": rows,
+        "jobs_table": table,
         "show_all": show_all,
         "is_staff": _is_staff(request),
         "query_prefix": f"{query}&" if query else "",
@@ -238,10 +277,6 @@ def jobs(request: HttpRequest) -> HttpResponse:
         "job_types": sorted(JOB_TYPES),
         "all_url": "?" + urlencode({"all": "1", **active}),
         "mine_url": "?" + urlencode(active),
-        # The live stream starts after the newest event when the page was made (one indexed
-        # query), so no change between rendering and connecting is missed.
-        "last_event_id": JobEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0,
-        "badge_classes": BADGE_CLASSES,
     }
     return render_page(request, "offload/jobs.html", context)
 
@@ -283,6 +318,25 @@ def _cancel(job: Job, actor: str) -> str:
     return f"Cancel requested for job {job.pk}: a monitor stops it shortly."
 
 
+def _run(job: Job, actor: str) -> str:
+    store.execute(job, source=EventSource.USER, actor=actor)
+    return f"Job {job.pk} submitted: a monitor starts it shortly."
+
+
+def _pause(job: Job, actor: str) -> str:
+    store.pause(job, source=EventSource.USER, actor=actor)
+    if job._status == Status.PAUSED.value:
+        return f"Job {job.pk} paused."
+    return f"Pause requested for job {job.pk}: a monitor pauses it shortly."
+
+
+def _resume(job: Job, actor: str) -> str:
+    store.resume(job, source=EventSource.USER, actor=actor)
+    if job._status == Status.RUNNING.value:
+        return f"Job {job.pk} resumed."
+    return f"Resume requested for job {job.pk}: a monitor resumes it shortly."
+
+
 def _resubmit(job: Job, actor: str) -> str:
     store.resubmit(job, source=EventSource.USER, actor=actor)
     return f"Job {job.pk} resubmitted (attempt {job.attempt})."
@@ -294,6 +348,9 @@ def _delete(job: Job, actor: str) -> str:
 
 
 ACTIONS: dict[str, Callable[[Job, str], str]] = {
+    "run": _run,
+    "pause": _pause,
+    "resume": _resume,
     "cancel": _cancel,
     "resubmit": _resubmit,
     "delete": _delete,
@@ -303,22 +360,39 @@ ACTIONS: dict[str, Callable[[Job, str], str]] = {
 @login_required
 @require_POST
 def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
-    """Cancel, resubmit or delete a job (a POST form with CSRF). What the job's state does not
-    allow is shown on the job's page, never as a server error."""
+    """Run, pause, resume, cancel, resubmit or delete a job (a POST form with CSRF). With a
+    ``next`` field (the jobs table sends its page) the user returns there, with the outcome as a
+    message; without, to the job's page. What the job's state does not allow is shown (400/409
+    on the job's page, or a message on ``next``), never a server error."""
     job = _get_job(request, job_id)
     perform = ACTIONS.get(action)
     if perform is None:
         raise Http404(f"no action {action!r}")
+    back = _safe_next(request)
     try:
         done = perform(job, _username(request))
-    except InvalidJobError as exc:
-        return _detail(request, job, error=str(exc), status=400)
-    except (JobStateError, NotSupportedError) as exc:
-        return _detail(request, job, error=str(exc), status=409)
+    except (InvalidJobError, JobStateError, NotSupportedError) as exc:
+        if back:
+            messages.error(request, str(exc), fail_silently=True)
+            return redirect(back)
+        code = 400 if isinstance(exc, InvalidJobError) else 409
+        return _detail(request, job, error=str(exc), status=code)
     messages.success(request, done, fail_silently=True)
+    if back:
+        return redirect(back)
     if action == "delete":
         return redirect("offload:jobs")
     return redirect("offload:job_detail", job_id=job.pk)
+
+
+def _safe_next(request: HttpRequest) -> str:
+    """The ``next`` field if it is a path on this site, else empty."""
+    value = str(request.POST.get("next", "") or "")[:2000]
+    if value and url_has_allowed_host_and_scheme(
+        value, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return value
+    return ""
 
 
 # -- the status endpoint ----------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""offload's template tags: ``{% load offload_tags %}``."""
