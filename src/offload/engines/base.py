@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -39,6 +40,51 @@ def submission_key(job_id: int, attempt: int) -> str:
     """The tag every native submission carries, so a monitor that crashed after submitting finds
     the existing submission instead of submitting again."""
     return f"offload-{job_id}-{attempt}"
+
+
+#: A valid environment variable name.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def validate_arguments(arguments: Any) -> list[str]:
+    """A job's ``arguments`` as a list of strings: an argument list, never a shell string."""
+    arguments = arguments or []
+    if isinstance(arguments, str):
+        raise InvalidJobError(
+            "arguments", "must be a list of strings (an argument list, never a shell string)"
+        )
+    if not isinstance(arguments, list | tuple):
+        raise InvalidJobError("arguments", f"must be a list, not {type(arguments).__name__}")
+    clean: list[str] = []
+    for i, arg in enumerate(arguments):
+        if isinstance(arg, bool) or not isinstance(arg, str | int | float):
+            raise InvalidJobError(
+                f"arguments[{i}]", f"must be a string or number, not {type(arg).__name__}"
+            )
+        if "\x00" in str(arg):
+            raise InvalidJobError(f"arguments[{i}]", "must not contain NUL characters")
+        clean.append(str(arg))
+    return clean
+
+
+def validate_environment(environment: Any, *, allow_bool: bool = True) -> dict[str, str]:
+    """A job's ``environment`` as NAME → text; ``allow_bool=False`` also refuses True/False."""
+    environment = environment or {}
+    if not isinstance(environment, dict):
+        raise InvalidJobError("environment", "must be a dict of NAME → value")
+    refused: tuple[type, ...] = (dict, list) if allow_bool else (dict, list, bool)
+    clean: dict[str, str] = {}
+    for name, value in environment.items():
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            raise InvalidJobError(
+                "environment", f"{name!r} is not a valid variable name (letters, digits, _)"
+            )
+        if value is None or isinstance(value, refused):
+            raise InvalidJobError(f"environment.{name}", "must be a string or number")
+        if "\x00" in str(value):
+            raise InvalidJobError(f"environment.{name}", "must not contain NUL characters")
+        clean[name] = str(value)
+    return clean
 
 
 #: Kinds of dependency on another offload job (Slurm's names; other schedulers map them).

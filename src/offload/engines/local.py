@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -31,11 +30,12 @@ from offload.engines.base import (
     NativeReport,
     SubmitOutcome,
     SubmitResult,
+    validate_arguments,
+    validate_environment,
 )
 from offload.errors import InvalidJobError, JobStateError
 from offload.status import Status
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Variables of the monitor's own environment a job inherits; the rest (database URLs, secret
 #: keys) stays with the monitor. More can be listed in the ``inherit_environment`` option.
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
@@ -80,39 +80,9 @@ class LocalEngine(Engine):
             raise InvalidJobError("executable", "required: the program to run, e.g. 'python'")
         if "\x00" in executable:
             raise InvalidJobError("executable", "must not contain NUL characters")
-        arguments = params.get("arguments") or []
-        if isinstance(arguments, str):
-            raise InvalidJobError(
-                "arguments", "must be a list of strings (an argument list, never a shell string)"
-            )
-        if not isinstance(arguments, list | tuple):
-            raise InvalidJobError("arguments", f"must be a list, not {type(arguments).__name__}")
-        clean_args: list[str] = []
-        for i, arg in enumerate(arguments):
-            if isinstance(arg, bool) or not isinstance(arg, str | int | float):
-                raise InvalidJobError(
-                    f"arguments[{i}]", f"must be a string or number, not {type(arg).__name__}"
-                )
-            if "\x00" in str(arg):
-                raise InvalidJobError(f"arguments[{i}]", "must not contain NUL characters")
-            clean_args.append(str(arg))
-        environment = params.get("environment") or {}
-        if not isinstance(environment, dict):
-            raise InvalidJobError("environment", "must be a dict of NAME → value")
-        clean_env: dict[str, str] = {}
-        for name, value in environment.items():
-            if not isinstance(name, str) or not ENV_NAME.match(name):
-                raise InvalidJobError(
-                    "environment", f"{name!r} is not a valid variable name (letters, digits, _)"
-                )
-            if value is None or isinstance(value, dict | list):
-                raise InvalidJobError(f"environment.{name}", "must be a string or number")
-            if "\x00" in str(value):
-                raise InvalidJobError(f"environment.{name}", "must not contain NUL characters")
-            clean_env[name] = str(value)
         params["executable"] = executable
-        params["arguments"] = clean_args
-        params["environment"] = clean_env
+        params["arguments"] = validate_arguments(params.get("arguments"))
+        params["environment"] = validate_environment(params.get("environment"))
         return params
 
     # -- submission -----------------------------------------------------------------------------

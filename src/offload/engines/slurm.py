@@ -26,6 +26,8 @@ from offload.engines.base import (
     JobSpec,
     NativeReport,
     parse_dependencies,
+    validate_arguments,
+    validate_environment,
 )
 from offload.errors import (
     ConfigurationError,
@@ -38,7 +40,6 @@ from offload.errors import (
 from offload.status import Status
 from offload.transport.base import CommandResult, CommandRunner
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Partitions, accounts, QOS names: what Slurm itself allows in practice, and nothing a shell or
 #: the directive parser would read specially.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
@@ -214,8 +215,8 @@ class SlurmEngine(BatchSchedulerEngine):
                 )
             if "\x00" in executable or "\n" in executable:
                 raise InvalidJobError("executable", "must not contain NUL or newline characters")
-            params["arguments"] = self._validate_arguments(params.get("arguments"))
-        params["environment"] = self._validate_environment(params.get("environment"))
+            params["arguments"] = validate_arguments(params.get("arguments"))
+        params["environment"] = validate_environment(params.get("environment"), allow_bool=False)
         for name in ("partition", "account", "qos"):
             value = params.get(name) or self.options.get(name)
             if value is None or value == "":
@@ -275,44 +276,6 @@ class SlurmEngine(BatchSchedulerEngine):
             and self.native_id_pattern.match(str(d.get("native_id", ""))) is not None
             for d in native
         )
-
-    @staticmethod
-    def _validate_arguments(arguments: Any) -> list[str]:
-        arguments = arguments or []
-        if isinstance(arguments, str):
-            raise InvalidJobError(
-                "arguments", "must be a list of strings (an argument list, never a shell string)"
-            )
-        if not isinstance(arguments, list | tuple):
-            raise InvalidJobError("arguments", f"must be a list, not {type(arguments).__name__}")
-        clean: list[str] = []
-        for i, arg in enumerate(arguments):
-            if isinstance(arg, bool) or not isinstance(arg, str | int | float):
-                raise InvalidJobError(
-                    f"arguments[{i}]", f"must be a string or number, not {type(arg).__name__}"
-                )
-            if "\x00" in str(arg):
-                raise InvalidJobError(f"arguments[{i}]", "must not contain NUL characters")
-            clean.append(str(arg))
-        return clean
-
-    @staticmethod
-    def _validate_environment(environment: Any) -> dict[str, str]:
-        environment = environment or {}
-        if not isinstance(environment, dict):
-            raise InvalidJobError("environment", "must be a dict of NAME → value")
-        clean: dict[str, str] = {}
-        for name, value in environment.items():
-            if not isinstance(name, str) or not ENV_NAME.match(name):
-                raise InvalidJobError(
-                    "environment", f"{name!r} is not a valid variable name (letters, digits, _)"
-                )
-            if value is None or isinstance(value, dict | list | bool):
-                raise InvalidJobError(f"environment.{name}", "must be a string or number")
-            if "\x00" in str(value):
-                raise InvalidJobError(f"environment.{name}", "must not contain NUL characters")
-            clean[name] = str(value)
-        return clean
 
     @staticmethod
     def _validate_directives(directives: Any) -> list[str]:
