@@ -24,6 +24,8 @@ from offload.templates import (
     CondorJobTemplate,
     JobTemplate,
     LocalJobTemplate,
+    PbsJobTemplate,
+    SgeJobTemplate,
     SlurmJobTemplate,
 )
 
@@ -32,20 +34,26 @@ if TYPE_CHECKING:
     from offload.models import (
         JOB_TYPES,
         BasicJob,
+        CondorJob,
+        CondorWorkflow,
         DaskJob,
         Job,
         JobEvent,
         LocalJob,
+        PbsJob,
         Scheduler,
+        SgeJob,
         SlurmJob,
     )
     from offload.schedulers import (
+        create_condor_scheduler,
         create_dask_scheduler,
         create_scheduler,
         get_scheduler,
         list_schedulers,
     )
     from offload.status import Category, Status
+    from offload.workflow_nodes import CondorWorkflowJobNode
 
 __version__ = "0.1.0"
 
@@ -61,11 +69,17 @@ _LAZY = {
     "BasicJob": "offload.models",
     "LocalJob": "offload.models",
     "SlurmJob": "offload.models",
+    "PbsJob": "offload.models",
+    "SgeJob": "offload.models",
     "DaskJob": "offload.models",
+    "CondorJob": "offload.models",
+    "CondorWorkflow": "offload.models",
+    "CondorWorkflowJobNode": "offload.workflow_nodes",
     "JobEvent": "offload.models",
     "Scheduler": "offload.models",
     "create_scheduler": "offload.schedulers",
     "create_dask_scheduler": "offload.schedulers",
+    "create_condor_scheduler": "offload.schedulers",
     "get_scheduler": "offload.schedulers",
     "list_schedulers": "offload.schedulers",
 }
@@ -83,7 +97,10 @@ __all__ = [
     "BasicJob",
     "BasicJobTemplate",
     "Category",
+    "CondorJob",
     "CondorJobTemplate",
+    "CondorWorkflow",
+    "CondorWorkflowJobNode",
     "DaskJob",
     "EngineUnavailableError",
     "InvalidJobError",
@@ -98,11 +115,16 @@ __all__ = [
     "LocalJobTemplate",
     "NotSupportedError",
     "OffloadError",
+    "PbsJob",
+    "PbsJobTemplate",
     "Scheduler",
+    "SgeJob",
+    "SgeJobTemplate",
     "SlurmJob",
     "SlurmJobTemplate",
     "Status",
     "TemplateNotFoundError",
+    "create_condor_scheduler",
     "create_dask_scheduler",
     "create_scheduler",
     "get_job_manager",

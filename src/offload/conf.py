@@ -7,6 +7,7 @@ settings file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,7 +21,26 @@ ENGINE_ENV_PREFIX = "OFFLOAD_ENGINE_"
 
 def default_home() -> Path:
     """``$OFFLOAD_HOME``, else ``.offload`` in the current directory."""
-    return Path(os.environ.get("OFFLOAD_HOME") or Path.cwd() / ".offload").resolve()
+    return _resolved(str(os.environ.get("OFFLOAD_HOME") or Path.cwd() / ".offload"))
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(path: str) -> Path:
+    """``Path(path).resolve()``, remembered: every new job needs its workspace root, and
+    resolving costs a system call per path component."""
+    return Path(path).resolve()
+
+
+def workspace_root() -> Path:
+    """The root of app and user workspaces, as :func:`get_settings` gives it, without the rest of
+    the settings (this is on the path of every job creation)."""
+    from django.conf import settings as django_settings
+
+    raw: dict[str, Any] = getattr(django_settings, "OFFLOAD", None) or {}
+    if raw.get("WORKSPACE_ROOT"):
+        return _resolved(str(raw["WORKSPACE_ROOT"]))
+    home = _resolved(str(raw["HOME"])) if raw.get("HOME") else default_home()
+    return _resolved(str(home / "workspaces"))
 
 
 @dataclass(frozen=True)
@@ -69,7 +89,7 @@ def get_settings() -> OffloadSettings:
     from django.conf import settings as django_settings
 
     raw: dict[str, Any] = dict(getattr(django_settings, "OFFLOAD", {}) or {})
-    home = Path(raw.get("HOME") or default_home()).resolve()
+    home = _resolved(str(raw["HOME"])) if raw.get("HOME") else default_home()
     engines = engine_options_from_environment()
     for kind, options in (raw.get("ENGINES") or {}).items():
         engines[kind.lower()] = {**engines.get(kind.lower(), {}), **dict(options)}
@@ -79,7 +99,7 @@ def get_settings() -> OffloadSettings:
         local.setdefault("max_jobs", int(os.environ["OFFLOAD_LOCAL_MAX_JOBS"]))
     return OffloadSettings(
         home=home,
-        workspace_root=Path(raw.get("WORKSPACE_ROOT") or home / "workspaces").resolve(),
+        workspace_root=workspace_root(),
         poll_interval=float(raw.get("POLL_INTERVAL", 5.0)),
         idle_interval=float(raw.get("IDLE_INTERVAL", 1.0)),
         lease_seconds=float(raw.get("LEASE_SECONDS", 60.0)),

@@ -126,7 +126,7 @@ class JobManager:
         for pname in cls.parameter_names:
             if pname in kwargs:
                 params[pname] = kwargs.pop(pname)
-        job = cls(name=name, user=user, label=self.label, job_type=cls.type_code, **kwargs)
+        job = cls.build(name=name, user=user, label=self.label, job_type=cls.type_code, **kwargs)
         job.parameters = params
         if process_fn is not None:
             job.process_results_function = process_fn

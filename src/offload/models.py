@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -18,8 +19,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
+from offload.loading import JobIterable, LazyJSONField, RawJSON
 from offload.status import (
     ACTIVE_STATUSES,
     NON_TERMINAL_STATUSES,
@@ -36,6 +40,10 @@ if TYPE_CHECKING:
 
 OTHER_STATUS_KEY = "__other_status__"
 OTHER_CATEGORY_KEY = "__other_category__"
+
+
+#: Status code → display name, for every status but Other (whose name is the job's own text).
+_DISPLAY_NAMES: dict[str, str] = {s.value: s.display for s in Status if s != Status.OTHER}
 
 
 class EventSource(models.TextChoices):
@@ -78,12 +86,25 @@ def json_copy(value: Any) -> Any:
 
 def snapshot_values(names: Any, values: Any) -> dict[str, Any]:
     """Field name → value as loaded or saved, for ``save()`` to tell what app code changed. Only
-    JSON values can change in place, so only they are copied (a list's worth of jobs loads fast)."""
+    JSON values can change in place, so only they are copied (JSON text still undecoded, a
+    :class:`~offload.loading.RawJSON`, is immutable and kept as it is)."""
     loaded = dict(zip(names, values, strict=False))
     for name in JSON_ATTNAMES:
-        if name in loaded:
+        if name in loaded and type(loaded[name]) is not RawJSON:
             loaded[name] = json_copy(loaded[name])
     return loaded
+
+
+def loaded_values(job: Any) -> dict[str, Any]:
+    """Field name → value as the job was loaded or last saved ({} for a new job)."""
+    data = job.__dict__
+    loaded = data.get("_loaded")
+    if loaded is None:
+        row = data.get("_loaded_row")
+        if row is None:
+            return {}
+        loaded = data["_loaded"] = dict(zip(row[0], row[1], strict=True))
+    return loaded  # type: ignore[no-any-return]
 
 
 def _fernet_key() -> bytes:
@@ -141,6 +162,12 @@ class Scheduler(models.Model):
 
 
 class JobQuerySet(models.QuerySet["Job"]):
+    """Jobs, built typed and fast from their rows (:class:`offload.loading.JobIterable`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._iterable_class = JobIterable
+
     def visible(self) -> JobQuerySet:
         return self.filter(deleted_at__isnull=True)
 
@@ -183,7 +210,7 @@ class Job(models.Model):
     completion_time = models.DateTimeField(null=True, blank=True)
     workspace = models.CharField(max_length=1024, blank=True, default="")
     owns_workspace = models.BooleanField(default=False, editable=False)
-    extended_properties = models.JSONField(default=dict, blank=True)
+    extended_properties = LazyJSONField(default=dict, blank=True)
     status_message = models.TextField(blank=True, default="")
     _status = models.CharField(
         max_length=3, choices=STATUS_CHOICES, default=Status.PENDING.value, db_column="status"
@@ -191,14 +218,14 @@ class Job(models.Model):
     _process_results_function = models.CharField(
         max_length=1024, blank=True, default="", db_column="process_results_function"
     )
-    parameters = models.JSONField(default=dict, blank=True)
+    parameters = LazyJSONField(default=dict, blank=True)
     scheduler = models.ForeignKey(
         Scheduler, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs"
     )
     native_id = models.CharField(max_length=255, blank=True, default="")
     native_status = models.CharField(max_length=255, blank=True, default="")
     attempt = models.PositiveIntegerField(default=0)
-    engine_state = models.JSONField(default=dict, blank=True)
+    engine_state = LazyJSONField(default=dict, blank=True)
     last_contact = models.DateTimeField(null=True, blank=True)
     stale_since = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -211,6 +238,10 @@ class Job(models.Model):
             models.Index(fields=["label", "user", "id"], name="offload_job_label_user"),
             models.Index(fields=["_status", "job_type"], name="offload_job_status_type"),
             models.Index(fields=["user", "id"], name="offload_job_user"),
+            # A user's first page filtered by status, or sorted by name, without reading all of
+            # their jobs (the jobs table and the REST API).
+            models.Index(fields=["user", "_status", "id"], name="offload_job_user_status"),
+            models.Index(fields=["user", "name", "id"], name="offload_job_user_name"),
         ]
         permissions = [
             ("jobs_table_actions", "Can act on every job in the jobs table"),
@@ -234,10 +265,42 @@ class Job(models.Model):
             instance.__class__ = proxy
         return instance
 
+    @classmethod
+    def loaded_classes(cls) -> dict[str, type[Job]]:
+        """Job-type code → the class a row of that type is loaded as (when it is this class or
+        one of its subclasses)."""
+        return {code: proxy for code, proxy in JOB_TYPES.items() if issubclass(proxy, cls)}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not self.job_type and self.type_code:
             self.job_type = self.type_code
+
+    @classmethod
+    def build(cls, **values: Any) -> Job:
+        """A new, unsaved job: what ``cls(**values)`` makes, without Django's generic
+        ``Model.__init__`` (a third of a ``create_job`` call). Values other than plain fields and
+        the ``user``/``scheduler`` relations, or ``pre_init``/``post_init`` receivers, take the
+        ordinary constructor."""
+        if (
+            not values.keys() <= _BUILD_NAMES
+            or pre_init.has_listeners(cls)
+            or post_init.has_listeners(cls)
+        ):
+            return cls(**values)
+        job = cls.__new__(cls)
+        data = job.__dict__
+        data["_state"] = ModelState()
+        for attname, default, call in _field_defaults():
+            data[attname] = default() if call else default
+        for name, value in values.items():
+            if name in _RELATIONS:
+                setattr(job, name, value)  # through the descriptor: checks the model, sets the id
+            else:
+                data[name] = value
+        if not job.job_type and cls.type_code:
+            job.job_type = cls.type_code
+        return job
 
     # -- Tethys's attributes ---------------------------------------------------------------------
     @property
@@ -256,10 +319,10 @@ class Job(models.Model):
     @property
     def cached_status(self) -> str:
         """The last known status's display name (the custom text for Other). Never a query."""
-        status = Status(self._status)
-        if status == Status.OTHER:
-            return str((self.extended_properties or {}).get(OTHER_STATUS_KEY) or "Other")
-        return status.display
+        display = _DISPLAY_NAMES.get(self._status)
+        if display is not None:
+            return display
+        return str((self.extended_properties or {}).get(OTHER_STATUS_KEY) or "Other")
 
     @property
     def status(self) -> str:
@@ -390,6 +453,27 @@ class Job(models.Model):
         )
 
 
+#: Names ``Job.build`` sets itself: every plain concrete field, and the two relations.
+_RELATIONS = frozenset({"user", "scheduler"})
+_BUILD_NAMES = frozenset(
+    {f.attname for f in Job._meta.concrete_fields if not f.is_relation} | _RELATIONS
+)
+
+
+@functools.cache
+def _field_defaults() -> tuple[tuple[str, Any, bool], ...]:
+    """(attname, default, whether to call it) for every concrete field of Job, as
+    ``Model.__init__`` would give them: callables (``dict``, ``timezone.now``) are called per job,
+    everything else is an immutable constant."""
+    defaults: list[tuple[str, Any, bool]] = []
+    for field in Job._meta.concrete_fields:
+        if field.has_default() and callable(field.default):
+            defaults.append((field.attname, field.default, True))
+        else:
+            defaults.append((field.attname, field.get_default(), False))
+    return tuple(defaults)
+
+
 #: The JSON fields of Job (the values ``snapshot_values`` copies).
 JSON_ATTNAMES: tuple[str, ...] = tuple(
     f.attname for f in Job._meta.concrete_fields if isinstance(f, models.JSONField)
@@ -457,6 +541,7 @@ class SlurmJob(Job):
         "wall_time",
         "extra_directives",
         "dependencies",
+        "array",
     )
 
     executable = parameter("executable", "The program to run (or give a script).")
@@ -476,6 +561,194 @@ class SlurmJob(Job):
     dependencies = parameter(
         "dependencies", 'Offload jobs to wait for: ids (afterok) or {"type": …, "job": id}.'
     )
+    array = parameter(
+        "array", "A job array: task indexes such as '1-100%10' (--array); a status per task."
+    )
+
+    class Meta:
+        proxy = True
+
+
+class PbsJob(Job):
+    """A PBS Pro / Torque batch job (tested against slurm-wlm-torque's PBS-compatible commands)."""
+
+    type_code = "PBS"
+    engine_kind = "pbs"
+    parameter_names: ClassVar[tuple[str, ...]] = (
+        "executable",
+        "arguments",
+        "script",
+        "environment",
+        "working_directory",
+        "queue",
+        "account",
+        "nodes",
+        "ppn",
+        "memory",
+        "wall_time",
+        "array",
+        "extra_directives",
+        "dependencies",
+    )
+
+    executable = parameter("executable", "The program to run (or give a script).")
+    arguments = parameter("arguments", "Its argument list; never a shell string.")
+    script = parameter("script", "A bash script body, run after the #PBS directives.")
+    environment = parameter("environment", "Extra environment variables for the job.")
+    working_directory = parameter("working_directory", "Its folder (default: the workspace).")
+    queue = parameter("queue", "The queue (-q).")
+    account = parameter("account", "The account charged (-A).")
+    nodes = parameter("nodes", "Number of nodes (-l nodes=N).")
+    ppn = parameter("ppn", "Processors per node (-l nodes=N:ppn=P).")
+    memory = parameter("memory", "Memory: megabytes or '4G' (-l mem=…).")
+    wall_time = parameter("wall_time", "Time limit: minutes, HH:MM:SS or D-HH:MM:SS (walltime).")
+    array = parameter("array", "An array job: '1-10', '1-10%2' (-t; -J for PBS Pro).")
+    extra_directives = parameter("extra_directives", "More qsub options, one per item.")
+    dependencies = parameter(
+        "dependencies", 'Offload jobs to wait for: ids (afterok) or {"type": …, "job": id}.'
+    )
+
+    class Meta:
+        proxy = True
+
+
+class SgeJob(Job):
+    """A (Son of) Grid Engine batch job: a command (``executable`` + ``arguments``) or a
+    ``script``, plus resources. Every value is validated by the Grid Engine engine first."""
+
+    type_code = "SGE"
+    engine_kind = "sge"
+    parameter_names: ClassVar[tuple[str, ...]] = (
+        "executable",
+        "arguments",
+        "script",
+        "environment",
+        "working_directory",
+        "queue",
+        "project",
+        "parallel_environment",
+        "slots",
+        "memory",
+        "wall_time",
+        "array",
+        "extra_directives",
+        "dependencies",
+    )
+
+    executable = parameter("executable", "The program to run (or give a script).")
+    arguments = parameter("arguments", "Its argument list; never a shell string.")
+    script = parameter("script", "A bash script body, run after the #$ directives.")
+    environment = parameter("environment", "Extra environment variables for the job.")
+    working_directory = parameter("working_directory", "Its folder (default: the workspace).")
+    queue = parameter("queue", "The cluster queue (-q).")
+    project = parameter("project", "The project charged (-P).")
+    parallel_environment = parameter("parallel_environment", "Parallel environment name (-pe).")
+    slots = parameter("slots", "Slots in the parallel environment (-pe NAME SLOTS).")
+    memory = parameter("memory", "Memory limit: megabytes or '4G' (-l h_vmem=…).")
+    wall_time = parameter("wall_time", "Time limit: minutes, HH:MM:SS or D-HH:MM:SS (-l h_rt).")
+    array = parameter("array", "An array job: '1-10', '1-10:2', '1-100%10' (-t, -tc).")
+    extra_directives = parameter("extra_directives", "More qsub options, one per item.")
+    dependencies = parameter(
+        "dependencies", 'Offload jobs to wait for: ids (afterok) or {"type": …, "job": id}.'
+    )
+
+    class Meta:
+        proxy = True
+
+
+class CondorJob(Job):
+    """An HTCondor job (Tethys's CondorJob): one cluster of ``num_jobs`` procs, described by a
+    CondorPy template (``condorpy_template_name``) with ``attributes`` (submit commands) merged
+    over it. Every value is validated by the HTCondor engine before it is written."""
+
+    type_code = "CONDOR"
+    engine_kind = "condor"
+    parameter_names: ClassVar[tuple[str, ...]] = (
+        "executable",
+        "arguments",
+        "environment",
+        "condorpy_template_name",
+        "attributes",
+        "remote_input_files",
+        "remote_output_files",
+        "num_jobs",
+    )
+
+    executable = parameter("executable", "The program to run (a path on the submit host).")
+    arguments = parameter("arguments", "Its argument list; never a shell string.")
+    environment = parameter("environment", "Extra environment variables for the job.")
+    condorpy_template_name = parameter(
+        "condorpy_template_name",
+        "A CondorPy template: base, vanilla_base (default), vanilla_transfer_files, vanilla_nfs, "
+        "remote_output_files.",
+    )
+    attributes = parameter("attributes", "Submit commands (name → value), over the template's.")
+    remote_input_files = parameter("remote_input_files", "Files sent with the job.")
+    remote_output_files = parameter("remote_output_files", "Files brought back when it ends.")
+    num_jobs = parameter("num_jobs", "How many procs to queue (HTCondor's queue N).")
+
+    def set_attribute(self, name: str, value: Any) -> None:
+        """Set one submit command (Tethys's ``CondorJob.set_attribute``)."""
+        attributes = dict(self.attributes or {})
+        attributes[name] = value
+        self.attributes = attributes
+
+    def get_attribute(self, name: str) -> Any:
+        """One submit command's value, or None."""
+        return (self.attributes or {}).get(name)
+
+    class Meta:
+        proxy = True
+
+
+class CondorWorkflow(Job):
+    """An HTCondor DAGMan workflow (Tethys's CondorWorkflow): nodes
+    (:class:`offload.workflow_nodes.CondorWorkflowJobNode`) with parent/child edges, kept in
+    ``parameters["nodes"]``, and per-category throttles in ``parameters["max_jobs"]``. Submitted
+    with ``condor_submit_dag``; each node's status lands in ``engine_state["nodes"]``."""
+
+    type_code = "CONDORWORKFLOW"
+    engine_kind = "condor"
+    parameter_names: ClassVar[tuple[str, ...]] = ("nodes", "max_jobs")
+
+    max_jobs = parameter("max_jobs", "Category → the most jobs of it DAGMan runs at once.")
+
+    @property
+    def nodes(self) -> list[Any]:
+        """The workflow's nodes (``CondorWorkflowJobNode`` objects), in the order they were added."""
+        from offload.workflow_nodes import CondorWorkflowJobNode
+
+        raw = (self.parameters or {}).get("nodes") or []
+        return [CondorWorkflowJobNode.from_dict(node, self) for node in raw]
+
+    def get_job(self, name: str) -> Any:
+        """The node called ``name``, or None."""
+        return next((node for node in self.nodes if node.name == name), None)
+
+    def store_node(self, node: Any) -> None:
+        """Add or replace a node (``node.save()`` calls this) and save the workflow if it is saved."""
+        nodes = [
+            n for n in (self.parameters or {}).get("nodes") or [] if n.get("name") != node.name
+        ]
+        nodes.append(node.to_dict())
+        self.parameters = {**(self.parameters or {}), "nodes": nodes}
+        if self.pk is not None:
+            self.save()
+
+    def add_max_jobs_throttle(self, category: str, max_jobs: int) -> None:
+        """At most ``max_jobs`` nodes of ``category`` run at once (DAGMan's MAXJOBS)."""
+        self.max_jobs = {**(self.max_jobs or {}), category: max_jobs}
+        if self.pk is not None:
+            self.save()
+
+    def execute(self, *args: Any, **kwargs: Any) -> None:
+        from offload.errors import InvalidJobError
+
+        if not (self.parameters or {}).get("nodes"):
+            raise InvalidJobError(
+                "nodes", "a workflow needs at least one node (CondorWorkflowJobNode … .save())"
+            )
+        super().execute(*args, **kwargs)
 
     class Meta:
         proxy = True
@@ -582,6 +855,11 @@ JOB_TYPES: dict[str, type[Job]] = {
     "LOCAL": LocalJob,
     "SLURM": SlurmJob,
     "DASK": DaskJob,
+    "PBS": PbsJob,
+    "SGE": SgeJob,
+    "CONDOR": CondorJob,
+    "CONDORJOB": CondorJob,
+    "CONDORWORKFLOW": CondorWorkflow,
 }
 
 

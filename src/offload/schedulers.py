@@ -7,6 +7,7 @@ Engines are built once per scheduler and reused (one client per scheduler, never
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -15,8 +16,10 @@ from offload.engines import Engine, engine_class
 from offload.errors import ConfigurationError, InvalidJobError
 from offload.models import JOB_TYPES, Job, Scheduler, SchedulerType
 
-_cache: dict[str, Engine] = {}
+#: group key → (the options the engine was built with, the engine).
+_cache: dict[str, tuple[dict[str, Any], Engine]] = {}
 _lock = threading.Lock()
+log = logging.getLogger("offload.schedulers")
 
 
 def engine_kind_for_job(job: Job) -> str:
@@ -52,14 +55,24 @@ def build_engine_for(kind: str, scheduler: Scheduler | None) -> Engine:
 
 
 def engine_for_job(job: Job) -> Engine:
-    """A shared engine for reading a job's logs and the like from app code."""
+    """A shared engine for reading a job's logs and the like from app code. Built again when the
+    options differ from those it was built with (a scheduler record edited, or a new record that
+    got the id of a deleted one), so it never reads from the wrong host or folder."""
     key = group_key(job)
+    kind = engine_kind_for_job(job)
+    options = engine_options(kind, job.scheduler)
     with _lock:
-        engine = _cache.get(key)
-        if engine is None:
-            engine = build_engine_for(engine_kind_for_job(job), job.scheduler)
-            _cache[key] = engine
-        return engine
+        cached = _cache.get(key)
+        if cached is not None and cached[0] == options:
+            return cached[1]
+        engine = engine_class(kind)(options)
+        _cache[key] = (options, engine)
+    if cached is not None:
+        try:
+            cached[1].close()
+        except Exception:  # best effort: the replaced engine is no longer used here
+            log.exception("closing the engine of %s failed", key)
+    return engine
 
 
 def create_scheduler(
@@ -119,6 +132,32 @@ def create_dask_scheduler(
         timeout=timeout,
         heartbeat_interval=heartbeat_interval,
         dashboard=dashboard,
+    )
+
+
+def create_condor_scheduler(
+    name: str,
+    host: str,
+    username: str = "",
+    password: str | None = None,
+    private_key_path: str | None = None,
+    private_key_pass: str | None = None,
+    port: int | None = None,
+    **options: Any,
+) -> Scheduler:
+    """Register an HTCondor schedd reached over SSH (Tethys's ``create_condor_scheduler``): the
+    HTCondor commands run on ``host`` (a submit node of the pool) as ``username``. Options as for
+    any SSH scheduler: ``known_hosts``, ``remote_workspace_root``, ``remote_environment`` …"""
+    return create_scheduler(
+        name,
+        host=host,
+        scheduler_type="condor",
+        username=username,
+        password=password,
+        private_key_path=private_key_path,
+        private_key_pass=private_key_pass,
+        port=port,
+        **options,
     )
 
 

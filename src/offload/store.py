@@ -13,23 +13,26 @@ from __future__ import annotations
 import datetime
 import importlib
 import inspect
+import json
 import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import CharField, Exists, OuterRef, Q, Value
 from django.db.models.functions import Cast, Concat, Replace
+from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
 
 from offload import status as rules
-from offload.conf import get_settings
+from offload.conf import get_settings, workspace_root
 from offload.engines.base import NativeReport, SubmitOutcome, SubmitResult
 from offload.errors import (
     InvalidJobError,
@@ -37,6 +40,7 @@ from offload.errors import (
     JobStateError,
     NotSupportedError,
 )
+from offload.loading import RawJSON, value_changed
 from offload.models import (
     OTHER_CATEGORY_KEY,
     OTHER_STATUS_KEY,
@@ -46,6 +50,7 @@ from offload.models import (
     JobEvent,
     JobIntent,
     MonitorLease,
+    loaded_values,
     snapshot_values,
 )
 from offload.status import Category, Status, Verdict
@@ -131,11 +136,11 @@ def safe_segment(value: str, what: str) -> str:
 
 
 def app_workspace(label: str) -> Path:
-    return get_settings().workspace_root / safe_segment(label, "label") / "app"
+    return workspace_root() / safe_segment(label, "label") / "app"
 
 
 def user_workspace(label: str, user: Any) -> Path:
-    root = get_settings().workspace_root / safe_segment(label, "label") / "users"
+    root = workspace_root() / safe_segment(label, "label") / "users"
     if user is None:
         return root / "_system"
     name = getattr(user, "username", None) or str(user)
@@ -168,6 +173,10 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
             job.job_type = type(job).type_code or "BASIC"
         needs_id = "{id}" in job.name or not job.workspace
         name, workspace = job.name, job.workspace
+        if needs_id and job.pk is None and _can_insert_in_one_statement(job, args, kwargs):
+            _insert_job_and_event(job)
+            job._loaded = _snapshot(job)
+            return
         reserved: list[int] | None = None
         try:
             with transaction.atomic():
@@ -194,13 +203,17 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
             raise
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
         return
-    loaded: dict[str, Any] = getattr(job, "_loaded", {})
+    loaded = loaded_values(job)
     fields = [
         f.attname
         for f in job._meta.concrete_fields
         if f.attname not in MANAGED_FIELDS
         and f.attname != "id"
-        and (not loaded or loaded.get(f.attname, _MISSING) != getattr(job, f.attname))
+        and (
+            not loaded
+            or f.attname not in loaded
+            or value_changed(job, f.attname, loaded[f.attname])
+        )
     ]
     if kwargs.get("update_fields") is not None:
         fields = [f for f in kwargs["update_fields"] if f not in MANAGED_FIELDS]
@@ -233,6 +246,12 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
 _MISSING = object()
 
 
+def _jobs_folder(job: Job) -> str:
+    """The folder (with a trailing separator) holding the default workspaces of the jobs of the
+    job's app and user; a job's own is this plus its id."""
+    return f"{user_workspace(job.label, job.user) / 'jobs'}{os.sep}"
+
+
 def _fill_id_fields(job: Job) -> dict[str, Any]:
     """Put the job's id into ``{id}`` in its name, and give a job without a workspace a folder of
     its own named after its id. Returns the fields it set."""
@@ -241,7 +260,7 @@ def _fill_id_fields(job: Job) -> dict[str, Any]:
         job.name = job.name.replace("{id}", str(job.id))
         updates["name"] = job.name
     if not job.workspace:
-        job.workspace = str(user_workspace(job.label, job.user) / "jobs" / str(job.id))
+        job.workspace = _jobs_folder(job) + str(job.id)
         job.owns_workspace = True
         updates["workspace"] = job.workspace
         updates["owns_workspace"] = True
@@ -264,9 +283,10 @@ def _snapshot(job: Job) -> dict[str, Any]:
 def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
     """Insert many new jobs at once (the fast path): ``{id}`` and default workspaces resolved, one
     creation event each, and no query per job. On PostgreSQL the ids are taken from the sequence
-    first, so each row is complete in its INSERT; elsewhere the ids come back from the INSERT and
-    the database puts them into names and workspaces (at most two UPDATEs per batch). The events
-    are written by the database from the job rows (one INSERT … SELECT per batch)."""
+    first, so each row is complete, and the jobs and their events are written with ``COPY``;
+    elsewhere the ids come back from the INSERT and the database puts them into names and
+    workspaces (at most two UPDATEs per batch), and writes the events from the job rows (one
+    INSERT … SELECT per batch)."""
     jobs = list(jobs)
     names = [job.name for job in jobs]
     prefixes: dict[tuple[str, Any], str] = {}
@@ -277,7 +297,7 @@ def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
         if not job.workspace:
             key = (job.label, job.user_id)
             if key not in prefixes:
-                prefixes[key] = f"{user_workspace(job.label, job.user) / 'jobs'}{os.sep}"
+                prefixes[key] = _jobs_folder(job)
             own_workspace.append(job)
     fresh = [job for job in jobs if job.pk is None]
     try:
@@ -295,6 +315,10 @@ def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
             for job in jobs:
                 if job.pk is not None:
                     job.name = job.name.replace("{id}", str(job.pk))
+            if reserved is not None and len(fresh) == len(jobs):
+                # PostgreSQL, every row complete: COPY the jobs and their events.
+                _copy_new_jobs(jobs)
+                return jobs
             created = Job.objects.bulk_create(jobs, batch_size=batch_size)
             if reserved is None:
                 _fill_ids_in_database(created, own_workspace, batch_size)
@@ -313,6 +337,78 @@ def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
         job._state.adding = False
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
     return created
+
+
+def _copy_new_jobs(jobs: list[Job]) -> None:
+    """PostgreSQL: write complete new job rows (ids, names and workspaces filled in) and their
+    creation events with two ``COPY … FROM STDIN``. Values of the usual types go to the driver as
+    they are (what Django's preparation would return for them); anything else is prepared by
+    its field as ``bulk_create`` would. Each job is left saved, with what was written as the
+    snapshot ``save()`` compares against."""
+    qn = connection.ops.quote_name
+    fields = list(Job._meta.concrete_fields)
+    attnames = [f.attname for f in fields]
+    plain = (int, bool, datetime.datetime)
+    json_encoders = {i: f.encoder for i, f in enumerate(fields) if isinstance(f, models.JSONField)}
+    text = {i for i, f in enumerate(fields) if isinstance(f, models.CharField | models.TextField)}
+    own_pre_save = {
+        i
+        for i, f in enumerate(fields)
+        if type(f).pre_save is not models.Field.pre_save
+        and (getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False))
+    }
+    job_sql = (
+        f"COPY {qn(Job._meta.db_table)} ({', '.join(qn(str(f.column)) for f in fields)}) FROM STDIN"
+    )
+    event_fields, _, event_values = _creation_event()
+    event_sql = f"COPY {qn(JobEvent._meta.db_table)} ({', '.join(qn(str(f.column)) for f in event_fields)}) FROM STDIN"
+    event_template = [event_values.get(f.attname) for f in event_fields]
+    event_slots = {f.attname: i for i, f in enumerate(event_fields)}
+    db = connection.alias
+    with connection.cursor() as cursor:
+        raw = cursor.cursor  # the driver's cursor: COPY is not part of Django's cursor API
+        started = time.monotonic()
+        with raw.copy(job_sql) as copy:
+            for job in jobs:
+                row: list[Any] = []
+                for i, field in enumerate(fields):
+                    value = (
+                        field.pre_save(job, True)
+                        if i in own_pre_save
+                        else getattr(job, attnames[i])
+                    )
+                    if i in json_encoders:
+                        value = RawJSON(json.dumps(value, cls=json_encoders[i]))
+                    elif value is None or (value.__class__ is str and i in text):
+                        pass
+                    elif not isinstance(value, plain):
+                        value = field.get_db_prep_save(value, connection)
+                    row.append(value)
+                copy.write_row(row)
+                state = job._state
+                state.adding = False
+                state.db = db
+                job.__dict__.pop("_loaded", None)
+                job.__dict__["_loaded_row"] = (attnames, row)
+        _log_copy(job_sql, len(jobs), started)
+        started = time.monotonic()
+        with raw.copy(event_sql) as copy:
+            for job in jobs:
+                event = list(event_template)
+                event[event_slots["job_id"]] = job.pk
+                event[event_slots["attempt"]] = job.attempt
+                event[event_slots["to_status"]] = job._status
+                copy.write_row(event)
+        _log_copy(event_sql, len(jobs), started)
+
+
+def _log_copy(sql: str, rows: int, started: float) -> None:
+    """Record a COPY where Django records queries (DEBUG, CaptureQueriesContext), as its cursor
+    would for an ordinary statement, so COPY shows up in query counts."""
+    if connection.queries_logged:
+        connection.queries_log.append(
+            {"sql": f"{sql} -- {rows} rows", "time": f"{time.monotonic() - started:.3f}"}
+        )
 
 
 def _reserve_ids(count: int) -> list[int] | None:
@@ -356,11 +452,11 @@ def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
         yield items[start : start + size]
 
 
-def _insert_creation_events(job_ids: list[int]) -> None:
-    """The creation event of each job in ``job_ids``, written by the database from the job rows
-    (``INSERT … SELECT``): the rows ``JobEvent(job=…, attempt=…, to_status=…, source=app,
-    message="created")`` would be, other fields at their defaults."""
-    qn = connection.ops.quote_name
+def _creation_event() -> tuple[list[Any], dict[str, str], dict[str, Any]]:
+    """What a creation event is made of: its fields (no primary key); for the three taken from
+    the job row, the job column each comes from; and the prepared value of every other field —
+    the row ``JobEvent(job=…, attempt=…, to_status=…, source=app, message="created")`` would be,
+    other fields at their defaults."""
     from_job = {
         "job_id": str(Job._meta.get_field("id").column),
         "attempt": str(Job._meta.get_field("attempt").column),
@@ -371,26 +467,116 @@ def _insert_creation_events(job_ids: list[int]) -> None:
         "source": EventSource.APP.value,
         "message": "created",
     }
+    fields = [f for f in JobEvent._meta.concrete_fields if not f.primary_key]
+    values = {
+        f.attname: f.get_db_prep_save(given.get(f.attname, f.get_default()), connection)
+        for f in fields
+        if f.attname not in from_job
+    }
+    return fields, from_job, values
+
+
+def _creation_event_columns(source: str) -> tuple[list[str], list[str], list[Any]]:
+    """The columns of a creation event, what to select for each from the job rows of ``source``
+    (a table or CTE with the job's columns), and the query parameters that selection needs."""
+    qn = connection.ops.quote_name
+    fields, from_job, values = _creation_event()
     columns: list[str] = []
     selected: list[str] = []
     params: list[Any] = []
-    for field in JobEvent._meta.concrete_fields:
-        if field.primary_key:
-            continue
+    for field in fields:
         columns.append(qn(str(field.column)))
         if field.attname in from_job:
-            selected.append(qn(from_job[field.attname]))
+            selected.append(f"{source}.{qn(from_job[field.attname])}")
         else:
-            value = given.get(field.attname, field.get_default())
             selected.append("%s")
-            params.append(field.get_db_prep_save(value, connection))
-    job_id = qn(from_job["job_id"])
-    event_table, job_table = qn(JobEvent._meta.db_table), qn(Job._meta.db_table)
+            params.append(values[field.attname])
+    return columns, selected, params
+
+
+def _insert_creation_events(job_ids: list[int]) -> None:
+    """The creation event of each job in ``job_ids``, written by the database from the job rows
+    (``INSERT … SELECT``)."""
+    qn = connection.ops.quote_name
+    job_table = qn(Job._meta.db_table)
+    columns, selected, params = _creation_event_columns(job_table)
+    job_id = qn(str(Job._meta.get_field("id").column))
+    event_table = qn(JobEvent._meta.db_table)
     ids = ", ".join(["%s"] * len(job_ids))
     # Identifiers come from the models' metadata; every value is a query parameter.
     sql = f"INSERT INTO {event_table} ({', '.join(columns)}) SELECT {', '.join(selected)} FROM {job_table} WHERE {job_id} IN ({ids}) ORDER BY {job_id}"  # noqa: S608
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, *job_ids])
+
+
+def _can_insert_in_one_statement(job: Job, args: Any, kwargs: Any) -> bool:
+    """Whether a new job can be written by :func:`_insert_job_and_event`: on PostgreSQL, with no
+    groups to add, no save() options and nobody listening to the model's save signals (which that
+    path does not send)."""
+    return (
+        connection.vendor == "postgresql"
+        and not args
+        and not (set(kwargs) - {"force_insert"})
+        and not job.__dict__.get("_pending_groups")
+        and not pre_save.has_listeners(type(job))
+        and not post_save.has_listeners(type(job))
+    )
+
+
+def _insert_job_and_event(job: Job) -> None:
+    """Write a new job and its creation event in one statement (PostgreSQL): the id comes from
+    the sequence inside it, ``{id}`` in the name and the default workspace are filled in by the
+    database, and the event is selected from the inserted row. Outside a transaction that is one
+    round trip and one commit instead of five."""
+    qn = connection.ops.quote_name
+    own_workspace = not job.workspace
+    if own_workspace:
+        job.owns_workspace = True
+    columns: list[str] = []
+    values: list[str] = []
+    params: list[Any] = []
+    for field in Job._meta.concrete_fields:
+        columns.append(qn(str(field.column)))
+        if field.primary_key:
+            values.append("n.id")
+            continue
+        value = field.pre_save(job, True)
+        if field.attname == "name" and "{id}" in value:
+            values.append("replace(%s, '{id}', n.id::text)")
+            params.append(value)
+        elif field.attname == "workspace" and own_workspace:
+            values.append("%s || n.id::text")
+            params.append(_jobs_folder(job))
+        else:
+            values.append("%s")
+            params.append(field.get_db_prep_save(value, connection))
+    job_table, event_table = qn(Job._meta.db_table), qn(JobEvent._meta.db_table)
+    id_column = qn(str(Job._meta.get_field("id").column))
+    returned = ", ".join(
+        [
+            id_column,
+            qn(str(Job._meta.get_field("attempt").column)),
+            qn(str(Job._meta.get_field("_status").column)),
+        ]
+    )
+    event_columns, event_selected, event_params = _creation_event_columns("j")
+    # Identifiers come from the models' metadata; every value is a query parameter.
+    insert_job = f"INSERT INTO {job_table} ({', '.join(columns)}) SELECT {', '.join(values)} FROM n RETURNING {returned}"  # noqa: S608
+    insert_event = f"INSERT INTO {event_table} ({', '.join(event_columns)}) SELECT {', '.join(event_selected)} FROM j"  # noqa: S608
+    sql = (
+        "WITH n AS (SELECT nextval(pg_get_serial_sequence(%s, %s)) AS id), "  # noqa: S608
+        f"j AS ({insert_job}), e AS ({insert_event}) SELECT {id_column} FROM j"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql, [job_table, str(Job._meta.get_field("id").column), *params, *event_params]
+        )
+        row = cursor.fetchone()
+    assert row is not None
+    job.id = int(row[0])
+    _fill_id_fields(job)
+    job._state.adding = False
+    job._state.db = connection.alias
 
 
 # -- the one status-change primitive ---------------------------------------------------------------
@@ -447,6 +633,22 @@ def apply_change(
                 change.message or change.native_status or change.fields
             ):
                 _update_details(job, change)
+            elif (
+                verdict == Verdict.BACKWARD
+                and change.source in (EventSource.POLL, EventSource.PUSH)
+                and (change.native_status or change.fields)
+            ):
+                # The scheduler moved the job back (Slurm requeued it; an array task restarted):
+                # the status stays, but what the scheduler says now is kept.
+                _update_details(
+                    job,
+                    Change(
+                        current,
+                        change.source,
+                        native_status=change.native_status,
+                        fields=change.fields,
+                    ),
+                )
             return False
         now = timezone.now()
         fields = _side_effects(job, change.status, now)
@@ -472,7 +674,9 @@ def apply_change(
             fields["stale_since"] = None
         if change.fields:
             fields.update(change.fields)
-        with transaction.atomic():
+        # No savepoint when called inside a transaction (a poll's batch): a failure there fails
+        # the batch, which the next poll applies again.
+        with transaction.atomic(savepoint=False):
             updated = (
                 Job.objects.filter(pk=job.pk, attempt=job.attempt)
                 # The status is compared through an expression so that the primary key finds the
@@ -577,12 +781,13 @@ def execute(
     # Validate first: bad parameters must not leave a half-made job behind.
     engine_cls = engine_class_for(job)
     params = engine_cls(None).validate(job.parameters or {})
+    normalised = False
     if job._state.adding:
         job.parameters = params
         job.save()
     elif params != (job.parameters or {}):
         job.parameters = params
-        Job.objects.filter(pk=job.pk).update(parameters=params)
+        normalised = True
     if Status(job._status) != Status.PENDING:
         _reload(job)
     if Status(job._status) != Status.PENDING or job.attempt > 0:
@@ -601,7 +806,9 @@ def execute(
                 source,
                 message="" if engine_cls.executes else None,
                 actor=actor,
-                fields={"execute_time": now, "attempt": 1},
+                # Normalised parameters go in the same UPDATE: one statement, one commit.
+                fields={"execute_time": now, "attempt": 1}
+                | ({"parameters": params} if normalised else {}),
             ),
         )
         if not changed:
@@ -898,6 +1105,40 @@ def process_results_now(job: Job) -> None:
     run_results(job, intent, retries=0)
 
 
+# -- staging a remote job's files back ----------------------------------------------------------------
+#: The RESULTS intent's payload flag for a job that ended with no result processing to run but
+#: whose files live on a remote cluster: the monitor only copies them back.
+STAGE_OUT_ONLY = "stage_out"
+
+
+def request_stage_out(job: Job) -> None:
+    """A finished job of a remote scheduler: ask a monitor to copy its files back (a RESULTS
+    intent, so it is retried with backoff like result processing, and survives restarts)."""
+    if _open_intent(job, IntentAction.RESULTS) is None:
+        _add_intent(job.pk, IntentAction.RESULTS, job.attempt, payload={STAGE_OUT_ONLY: True})
+
+
+def record_stage_out(job: Job, copied: Sequence[str]) -> None:
+    """Note in the job's engine state that its files were copied back (how many, when)."""
+    state = dict(job.engine_state or {}) | {
+        "staged_out": {
+            "attempt": job.attempt,
+            "files": len(copied),
+            "at": timezone.now().isoformat(),
+        }
+    }
+    Job.objects.filter(pk=job.pk, attempt=job.attempt).update(engine_state=state)
+    job.engine_state = state
+
+
+def stage_out_failed(job: Job, intent: JobIntent, problem: str) -> None:
+    """Copying a finished job's files back failed: its status stays; the intent is retried."""
+    message = f"copying its files back from the cluster failed (retrying): {problem}"
+    log.warning("job %s: %s", job.pk, message)
+    retry_intent(intent, message)
+    _update_details(job, Change(Status(job._status), EventSource.MONITOR, message=message))
+
+
 def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
     """Call the job's result function once; Complete on success, Error (with the reason) after
     ``retries`` failed tries. The claimed intent is the lock that survives restarts."""
@@ -1150,34 +1391,52 @@ def apply_reports(
     counts = {"changed": 0, "same": 0, "stale": 0}
     unknown: list[int] = []
     answered: list[int] = []
+    known: list[tuple[Job, NativeReport]] = []
     for job_id, job in jobs.items():
         report = reports.get(job_id)
         if report is None or report.status is None:
             unknown.append(job_id)
             continue
         answered.append(job_id)
-        new = report.status
-        if new == Status.COMPLETE and job._process_results_function:
-            new = Status.RESULTS_READY
-        fields: dict[str, Any] | None = None
-        if report.state:
-            fields = {"engine_state": dict(job.engine_state or {}) | dict(report.state)}
-        change = Change(
-            new,
-            source,
-            message=report.message if report.message else None,
-            native_status=report.native_status or None,
-            fields=fields,
-        )
-        if apply_change(job, change):
-            counts["changed"] += 1
-        else:
-            counts["same"] += 1
+        known.append((job, report))
+    # The changes are written in transactions of APPLY_BATCH jobs: one commit per batch instead
+    # of one per job (a commit waits for the disk), and a batch holds its locks only briefly.
+    for start in range(0, len(known), APPLY_BATCH):
+        with transaction.atomic():
+            for job, report in known[start : start + APPLY_BATCH]:
+                if _apply_report(job, report, source):
+                    counts["changed"] += 1
+                else:
+                    counts["same"] += 1
     counts["stale"] = mark_stale(
         unknown, reason="unknown to the scheduler", last_contact=last_contact
     )
     clear_stale([j for j in answered if jobs[j].stale_since is not None])
     return counts
+
+
+#: Jobs whose poll answers are written in one transaction.
+APPLY_BATCH = 200
+
+
+def _apply_report(job: Job, report: NativeReport, source: str) -> bool:
+    """One job's poll answer through the status rules (True when its status changed)."""
+    new = report.status
+    if new is None:
+        return False
+    if new == Status.COMPLETE and job._process_results_function:
+        new = Status.RESULTS_READY
+    fields: dict[str, Any] | None = None
+    if report.state:
+        fields = {"engine_state": dict(job.engine_state or {}) | dict(report.state)}
+    change = Change(
+        new,
+        source,
+        message=report.message if report.message else None,
+        native_status=report.native_status or None,
+        fields=fields,
+    )
+    return apply_change(job, change)
 
 
 def note_intent_job_changed(job: Job) -> None:

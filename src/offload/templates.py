@@ -85,6 +85,24 @@ class SlurmJobTemplate(JobTemplate):
         super().__init__(name, self.default_type, parameters)
 
 
+class SgeJobTemplate(JobTemplate):
+    """A template for SGE (Grid Engine) jobs (a command or script plus queue, h_rt, h_vmem …)."""
+
+    default_type = "SGE"
+
+    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        super().__init__(name, self.default_type, parameters)
+
+
+class PbsJobTemplate(JobTemplate):
+    """A template for PBS jobs (a command or script plus queue, nodes/ppn, walltime …)."""
+
+    default_type = "PBS"
+
+    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        super().__init__(name, self.default_type, parameters)
+
+
 class CondorJobTemplate(JobTemplate):
     """A template for HTCondor jobs (``executable``, ``condorpy_template_name``, ``attributes`` …)."""
 

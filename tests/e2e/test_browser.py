@@ -379,3 +379,104 @@ def test_terminate_from_the_table_asks_first(portal: Portal, tmp_path: Path) -> 
             assert errors == []
         finally:
             browser.close()
+
+
+#: A LOCAL job of erin's that prints a line every 0.7 s and writes a result file, executed now.
+TAIL_SETUP = """
+import json, sys
+from django.contrib.auth import get_user_model
+from offload import JobManager
+
+erin = get_user_model().objects.get(username="erin")
+script = '''
+import time
+for i in range(6):
+    print(f"step {i} of 6", flush=True)
+    time.sleep(0.7)
+with open("result.csv", "w") as out:
+    out.write("step,value\\\\n" + "".join(f"{i},{i * i}\\\\n" for i in range(6)))
+print("all done", flush=True)
+'''
+job = JobManager("e2e_app").create_job(
+    "e2e tail {id}", erin, job_type="LOCAL", executable=sys.executable, arguments=["-c", script]
+)
+job.execute()
+print(json.dumps({"tail": job.pk}))
+"""
+
+
+def test_live_log_tail_and_result_download(portal: Portal, tmp_path: Path) -> None:
+    """A running local job's page shows its log lines as they are printed, without a reload, stops
+    following when the job completes, then lists its result file, which downloads."""
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("OFFLOAD_E2E_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    out = _run([sys.executable, "-m", "django", "shell", "-c", TAIL_SETUP], portal.env)
+    job_id = json.loads(out.strip().splitlines()[-1])["tail"]
+    monitor_log = tmp_path / "monitor.log"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        monitor: subprocess.Popen[bytes] | None = None
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            _sign_in(page, portal)
+            with open(monitor_log, "wb") as log_file:
+                monitor = subprocess.Popen(
+                    [sys.executable, "-m", "django", "shell", "-c", MONITOR],
+                    env=portal.env,
+                    cwd=ROOT,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            # Open the page while the job runs: it follows the log.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                page.goto(f"{portal.url}/jobs/{job_id}/")
+                if page.locator("#logs-box[data-follow='1']").count():
+                    break
+                page.wait_for_timeout(200)
+            expect(page.locator("#logs-box")).to_have_attribute("data-follow", "1")
+            page.evaluate("window.__notReloaded = true")
+            stdout = page.locator('section[data-log="stdout"] pre')
+            expect(stdout).to_contain_text("step 2 of 6", timeout=20_000)
+            first_seen = stdout.inner_text()
+            expect(stdout).to_contain_text("step 5 of 6", timeout=20_000)
+            assert "step 5 of 6" not in first_seen  # it grew on screen
+            page.screenshot(path=str(shots / "job_log_tail.png"), full_page=True)
+            expect(stdout).to_contain_text("all done", timeout=20_000)
+            expect(page.locator("#log-state")).to_contain_text("Complete", timeout=20_000)
+            expect(page.locator("h1 [data-job-status]")).to_have_text("Complete")
+            text = stdout.inner_text()
+            assert text.count("step 0 of 6") == 1 and text.count("all done") == 1  # no repeats
+            assert page.evaluate("window.__notReloaded") is True
+
+            # The result file is listed after a reload, and downloads.
+            page.reload()
+            link = page.get_by_role("link", name="result.csv")
+            expect(link).to_be_visible()
+            with page.expect_download() as info:
+                link.click()
+            download = info.value
+            assert download.suggested_filename == "result.csv"
+            saved = tmp_path / "result.csv"
+            download.save_as(saved)
+            assert saved.read_text() == "step,value\n" + "".join(f"{i},{i * i}\n" for i in range(6))
+            ranged = page.request.get(
+                f"{portal.url}/jobs/{job_id}/files/result.csv", headers={"Range": "bytes=0-9"}
+            )
+            assert ranged.status == 206 and ranged.body() == b"step,value"
+            page.screenshot(path=str(shots / "job_files.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+            if monitor is not None:
+                monitor.terminate()
+                try:
+                    monitor.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    monitor.kill()
+                    monitor.wait(timeout=15)
+    assert "Traceback" not in portal.log.read_text()

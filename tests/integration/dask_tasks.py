@@ -29,3 +29,10 @@ def record_result(job: Any, result: Any) -> None:
     """A process_results_function: keeps what it received in the job's extended properties."""
     job.extended_properties = {**(job.extended_properties or {}), "received": result}
     job.save()
+
+
+def stamped(seconds: float) -> tuple[float, float]:
+    """Sleeps; returns when it started and ended (epoch seconds), to time pushed reports."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()

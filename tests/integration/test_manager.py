@@ -137,6 +137,56 @@ def test_id_placeholder_in_name_is_replaced_on_save(
     assert Job.objects.get(pk=job.pk).name == f"run {job.pk} of {job.pk}"
 
 
+def test_create_and_save_writes_job_and_event_in_one_statement_on_postgres(
+    user: Any, offload_home: Path
+) -> None:
+    """PostgreSQL: id, {id} name, default workspace and creation event in one statement; the
+    result is exactly what the general path writes (the second job goes through it)."""
+    manager = JobManager("app1")
+    job = manager.create_job("one {id}", user, description="d", extended_properties={"k": [1]})
+    with CaptureQueriesContext(connection) as queries:
+        job.save()
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    if connection.vendor == "postgresql":
+        assert len(statements) == 1
+    else:
+        assert len(statements) <= 3
+    general = manager.create_job("one {id}", user, description="d", extended_properties={"k": [1]})
+    general.save(force_insert=True, using="default")  # an option: the general path
+    for made in (job, general):
+        stored = Job.objects.get(pk=made.pk)
+        assert stored.name == made.name == f"one {made.pk}"
+        assert stored.workspace == made.workspace
+        assert made.workspace.endswith(os.path.join("jobs", str(made.pk)))
+        assert stored.owns_workspace and made.owns_workspace
+        assert stored.extended_properties == {"k": [1]}
+        assert not made._state.adding
+        events = list(stored.events)
+        assert [(e.from_status, e.to_status, e.message) for e in events] == [("", "PEN", "created")]
+    assert general.pk == job.pk + 1
+    job.description = "changed"
+    job.save()
+    assert Job.objects.get(pk=job.pk).description == "changed"
+
+
+def test_save_signal_receivers_still_hear_new_jobs(user: Any) -> None:
+    from django.db.models.signals import post_save
+
+    heard: list[tuple[Any, bool]] = []
+
+    def receiver(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+        heard.append((instance.pk, created))
+
+    post_save.connect(receiver, sender=BasicJob)
+    try:
+        job = JobManager("app1").create_job("signalled {id}", user)
+        job.save()
+    finally:
+        post_save.disconnect(receiver, sender=BasicJob)
+    assert heard == [(job.pk, True)]
+    assert Job.objects.get(pk=job.pk).name == f"signalled {job.pk}"
+
+
 def test_id_placeholder_is_replaced_by_execute_and_bulk_create(user: Any) -> None:
     manager = JobManager("app1")
     job = manager.create_job("exec {id}", user, job_type="LOCAL", executable="true")
@@ -405,3 +455,86 @@ def test_status_callback_url(user: Any, rf: Any, settings: Any) -> None:
     assert url.endswith(f"update-job-status/{job.pk}/")
     secure = rf.get("/", secure=True, HTTP_HOST="portal.example.org")
     assert manager.get_job_status_callback_url(secure, job.pk).startswith("https://")
+
+
+def test_bulk_create_writes_what_one_by_one_saving_writes(user: Any, tmp_path: Path) -> None:
+    """The bulk path (COPY on PostgreSQL) stores the same rows and events as save(), and the
+    created objects behave as loaded ones: an in-place edit is saved, an untouched field is not."""
+    manager = JobManager("bulk_app")
+    kwargs: dict[str, Any] = {
+        "description": "ünïcode \t tab\nnewline \\ backslash",
+        "extended_properties": {"nested": {"list": [1, 2.5, None, True, "x"]}},
+    }
+    single = manager.create_job("job {id}", user, job_type="LOCAL", executable="true", **kwargs)
+    single.save()
+    with CaptureQueriesContext(connection) as queries:
+        made = manager.bulk_create(
+            [
+                manager.create_job("job {id}", user, job_type="LOCAL", executable="true", **kwargs),
+                manager.create_job("ws", user, workspace=str(tmp_path / "given"), **kwargs),
+            ]
+        )
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    if connection.vendor == "postgresql":
+        # The ids from the sequence, then one COPY for the jobs and one for their events.
+        assert len(statements) == 3
+        assert [s.split()[0] for s in statements] == ["SELECT", "COPY", "COPY"]
+    assert [type(j) for j in made] == [LocalJob, BasicJob]
+    skip = {"id", "name", "workspace", "creation_time", "job_type"}
+    stored_single = Job.objects.get(pk=single.pk)
+    for job in made:
+        stored = Job.objects.get(pk=job.pk)
+        assert not job._state.adding
+        for field in Job._meta.concrete_fields:
+            assert getattr(stored, field.attname) == getattr(job, field.attname), field.attname
+            if job is made[0] and field.attname not in skip:
+                assert getattr(stored, field.attname) == getattr(stored_single, field.attname), (
+                    field.attname
+                )
+        assert [(e.from_status, e.to_status, e.message, e.source) for e in stored.events] == [
+            ("", "PEN", "created", "app")
+        ]
+    assert made[0].name == f"job {made[0].pk}"
+    assert made[0].workspace.endswith(os.path.join("jobs", str(made[0].pk)))
+    assert made[1].workspace == str(tmp_path / "given") and not made[1].owns_workspace
+    job = made[0]
+    with CaptureQueriesContext(connection) as queries:
+        job.save()
+    assert not [q for q in queries.captured_queries if "UPDATE" in q["sql"]]
+    job.extended_properties["nested"]["list"].append("more")
+    job.save()
+    assert Job.objects.get(pk=job.pk).extended_properties["nested"]["list"][-1] == "more"
+
+
+def test_build_makes_what_the_constructor_makes(user: Any, tmp_path: Path) -> None:
+    """Job.build (create_job's fast constructor) gives the same unsaved job as cls(**values)."""
+    from django.db.models.signals import pre_init
+
+    values: dict[str, Any] = {
+        "name": "b {id}",
+        "user": user,
+        "label": "app1",
+        "job_type": "LOCAL",
+        "description": "d",
+        "workspace": str(tmp_path),
+        "extended_properties": {"x": [1]},
+    }
+    built, made = LocalJob.build(**values), LocalJob(**values)
+    for field in Job._meta.concrete_fields:
+        if field.attname != "creation_time":
+            assert getattr(built, field.attname) == getattr(made, field.attname), field.attname
+    assert abs((built.creation_time - made.creation_time).total_seconds()) < 5
+    assert built._state.adding and built._state.db == made._state.db
+    assert built.user is user
+    assert built.parameters == {} and built.parameters is not made.parameters
+    assert LocalJob.build(name="n", label="a").job_type == "LOCAL"
+    with pytest.raises(ValueError):
+        LocalJob.build(name="n", label="a", user="not a user")
+    heard: list[Any] = []
+    pre_init.connect(lambda sender, **kw: heard.append(sender), sender=LocalJob, weak=False)
+    try:
+        LocalJob.build(name="n", label="a")
+    finally:
+        pre_init.receivers.clear()
+        pre_init.sender_receivers_cache.clear()
+    assert heard == [LocalJob]

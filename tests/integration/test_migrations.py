@@ -34,3 +34,16 @@ def test_every_migration_is_applied() -> None:
     call_command("showmigrations", "offload", stdout=out)
     assert "[ ]" not in out.getvalue()
     assert "[X] 0001_initial" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_job_name_search_has_a_trigram_index_on_postgresql() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            return  # nothing to index elsewhere: search reads the user's jobs
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'offload_job_name_trgm'")
+        row = cursor.fetchone()
+    assert row is not None, "migration 0008 made no trigram index"
+    assert "gin_trgm_ops" in row[0] and "upper" in row[0].lower()

@@ -8,31 +8,27 @@ wall-time test alone takes a minute.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests import dbtools
+from tests.integration import engine_support
+from tests.integration.engine_support import CountingRunner, fresh, script_of, spec_of
 
 from offload import JobManager, SlurmJob
-from offload.engines.base import JobSpec
 from offload.engines.slurm import SlurmEngine
 from offload.errors import InvalidJobError
 from offload.models import IntentAction, Job, JobIntent
 from offload.monitor import Monitor
 from offload.monitor.loop import CycleStats
 from offload.schedulers import build_engine_for
-from offload.transport.base import CommandResult
-from offload.transport.local import LocalRunner
 
-ROOT = Path(__file__).resolve().parents[2]
-SLURM_DIR = ROOT / ".test-services" / "slurm"
+SLURM_DIR = engine_support.SERVICES / "slurm"
 
 pytestmark = [
     pytest.mark.usefixtures("offload_home", "slurm_cluster"),
@@ -53,47 +49,25 @@ def sinfo_answers() -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
-def apply_exports(text: str) -> None:
-    for line in text.splitlines():
-        match = re.match(r"^export ([A-Z_][A-Z0-9_]*)=(.*)$", line)
-        if match:
-            value = match.group(2)
-            if value.startswith("'") and value.endswith("'"):
-                value = value[1:-1]
-            os.environ[match.group(1)] = value
-
-
 def start_slurm() -> None:
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "start-slurm")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"scripts/start-slurm failed: {result.stderr.strip()[-2000:]}")
-    apply_exports(result.stdout)
+    engine_support.run_start_script("slurm")
+
+
+SLURM = engine_support.Service(
+    SLURM_DIR,
+    ready=lambda: bool(
+        os.environ.get("SLURM_CONF") and os.environ.get("OFFLOAD_ENGINE_SLURM") and sinfo_answers()
+    ),
+    start=start_slurm,
+    required="Slurm",
+    missing="no Slurm cluster",
+)
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> None:
     """The project's Slurm cluster, started if ``sinfo`` does not answer; its exports applied."""
-    if dbtools.database_kind() == "postgres":
-        return
-    SLURM_DIR.mkdir(parents=True, exist_ok=True)
-    with open(SLURM_DIR / "tests.lock", "a") as lock:
-        # Not while another session's test has stopped the controller on purpose.
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        configured = os.environ.get("SLURM_CONF") and os.environ.get("OFFLOAD_ENGINE_SLURM")
-        if configured and sinfo_answers():
-            return
-        try:
-            start_slurm()
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-            if dbtools.engines_required():
-                pytest.fail(f"Slurm is required here (CI) but did not start: {exc}")
-            pytest.skip(f"no Slurm cluster: {exc}")
+    SLURM.ensure()
 
 
 #: Tests that stop the shared controller: they wait until no other session's Slurm test runs.
@@ -104,21 +78,7 @@ EXCLUSIVE = {"test_a_stopped_controller_makes_jobs_stale_not_failed"}
 def slurm_lock(request: pytest.FixtureRequest) -> Iterator[None]:
     """One cluster serves every test session on this machine (several people or helpers may run
     the suite at once): ordinary tests share it; a test that stops the controller takes it alone."""
-    if dbtools.database_kind() == "postgres":
-        yield
-        return
-    SLURM_DIR.mkdir(parents=True, exist_ok=True)
-    with open(SLURM_DIR / "tests.lock", "a") as lock:
-        exclusive = request.node.originalname in EXCLUSIVE
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def fresh(job: Job) -> Job:
-    return Job.objects.get(pk=job.pk)
+    yield from SLURM.test_lock(request, EXCLUSIVE)
 
 
 def slurm_job(user: Any, name: str = "slurm {id}", **parameters: Any) -> SlurmJob:
@@ -130,14 +90,7 @@ def slurm_job(user: Any, name: str = "slurm {id}", **parameters: Any) -> SlurmJo
 def run_to(
     monitor: Monitor, until: Callable[..., Any], job: Job, *statuses: str, timeout: float = 30
 ) -> Job:
-    until(
-        lambda: fresh(job).status in statuses,
-        step=monitor.run_cycle,
-        timeout=timeout,
-        interval=0.2,
-        what=f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status})",
-    )
-    return fresh(job)
+    return engine_support.run_to(monitor, until, job, *statuses, timeout=timeout)
 
 
 def queue_state(native_id: str) -> str:
@@ -151,22 +104,9 @@ def queue_state(native_id: str) -> str:
     return result.stdout.strip()
 
 
-@pytest.fixture
-def monitor() -> Iterator[Monitor]:
-    m = Monitor("slurm-test-monitor")
-    yield m
-    m.shutdown()
-
-
-@pytest.fixture
-def cleanup_jobs() -> Iterator[list[Job]]:
-    """Jobs whose Slurm jobs are cancelled at the end, whatever happened."""
-    jobs: list[Job] = []
-    yield jobs
-    for job in jobs:
-        native_id = fresh(job).native_id
-        if native_id:
-            subprocess.run(["scancel", native_id], capture_output=True, timeout=10, check=False)
+monitor = engine_support.monitor_fixture("slurm-test-monitor")
+#: Jobs whose Slurm jobs are cancelled at the end, whatever happened.
+cleanup_jobs = engine_support.cleanup_fixture("scancel")
 
 
 # -- running jobs ------------------------------------------------------------------------------
@@ -187,7 +127,7 @@ def test_a_command_runs_and_its_logs_are_read(
     logs = done.get_logs()
     assert logs["stdout"] == f"hello from {done.native_id}\n"
     assert logs["stderr"] == "oops\n"
-    script = (Path(done.workspace) / ".offload" / "attempt-1" / "job.sh").read_text()
+    script = script_of(done)
     assert f"#SBATCH --comment=offload-{job.pk}-1" in script
     assert latency < 15, f"a trivial job took {latency:.1f} s"
 
@@ -213,7 +153,7 @@ def test_a_script_with_resources_fails_with_its_exit_code(
     assert done.native_status == "FAILED"
     assert "exited with code 7" in done.status_message
     assert done.get_logs()["stdout"] == "about to fail\n"
-    script = (Path(done.workspace) / ".offload" / "attempt-1" / "job.sh").read_text()
+    script = script_of(done)
     for directive in ("--mem=100M", "--time=00:05:00", "--cpus-per-task=1", "--open-mode=append"):
         assert f"#SBATCH {directive}\n" in script
 
@@ -244,7 +184,7 @@ def test_a_name_arguments_and_environment_full_of_metacharacters_run_verbatim(
     assert out == [repr([nasty, "", "$HOME"]), repr(nasty), repr(nasty)]
     workspace = Path(done.workspace)
     assert not (workspace / "pwned").exists() and not (workspace / "pwned2").exists()
-    script = (workspace / ".offload" / "attempt-1" / "job.sh").read_text()
+    script = script_of(done)
     assert [line for line in script.splitlines() if line.startswith("#SBATCH --x")] == []
 
 
@@ -345,14 +285,7 @@ def test_a_monitor_that_crashed_after_sbatch_adopts_the_submission(
     loaded = fresh(job)
     # A monitor submitted the attempt, then died before writing anything down.
     engine = build_engine_for("slurm", None)
-    spec = JobSpec(
-        loaded.pk,
-        loaded.attempt,
-        loaded.job_type,
-        loaded.name,
-        loaded.workspace,
-        dict(loaded.parameters),
-    )
+    spec = spec_of(loaded)
     [result] = engine.submit_batch([spec])
     assert result.native_id and not result.adopted
     assert fresh(job).native_id == ""
@@ -428,17 +361,6 @@ def test_a_stopped_controller_makes_jobs_stale_not_failed(
     monitor.shutdown()
 
 
-class CountingRunner(LocalRunner):
-    """Our own transport, recording each command's name (not a double: it runs them)."""
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
-        self.commands.append(str(argv[0]))
-        return super().run(argv, **kwargs)
-
-
 @pytest.mark.django_db
 def test_one_squeue_per_poll_however_many_jobs(
     user: Any, monitor: Monitor, until: Callable[..., Any], cleanup_jobs: list[Job]
@@ -448,6 +370,8 @@ def test_one_squeue_per_poll_however_many_jobs(
         build_engine_for("slurm", None).options, runner=runner
     )
     jobs = [slurm_job(user, executable="sleep", arguments=["60"]) for _ in range(12)]
+    # Arrays too: their tasks come in the same squeue, and in the same sacct once they end.
+    jobs += [slurm_job(user, executable="sleep", arguments=["60"], array="1-5") for _ in range(2)]
     cleanup_jobs.extend(jobs)
     for job in jobs:
         job.execute()
@@ -456,14 +380,15 @@ def test_one_squeue_per_poll_however_many_jobs(
         step=monitor.run_cycle,
         what="every job to be submitted",
     )
-    assert runner.commands.count("sbatch") == 12
+    assert runner.commands.count("sbatch") == 14
     assert runner.commands.count("squeue") <= 2  # the crash-recovery lookup, once per batch
     runner.commands.clear()
     monitor._poll_soon.add("slurm:default")
     stats = CycleStats()
     monitor.poll(stats)
-    assert stats.polled_jobs == 12
+    assert stats.polled_jobs == 14
     assert runner.commands == ["squeue"]  # all queued or running: no accounting call
+    assert all(len(fresh(j).engine_state["tasks"]) == 5 for j in jobs[12:])
     for job in jobs:
         subprocess.run(["scancel", fresh(job).native_id], check=True, timeout=10)
     until(
@@ -477,6 +402,9 @@ def test_one_squeue_per_poll_however_many_jobs(
     monitor.poll(CycleStats())
     assert runner.commands == ["squeue", "sacct"]
     assert {fresh(j).status for j in jobs} == {"Aborted"}
+    assert {r["status"] for j in jobs[12:] for r in fresh(j).engine_state["tasks"].values()} == {
+        "ABT"
+    }
 
 
 # -- dependencies on other offload jobs ---------------------------------------------------------
@@ -509,7 +437,7 @@ def test_a_dependency_chain_runs_in_order(
         done = run_to(monitor, until, job, "Complete", "Error", "Aborted")
         assert done.status == "Complete", (job.pk, done.status_message)
     assert order.read_text() == "A\nB\nC\n"
-    script = (Path(fresh(third).workspace) / ".offload" / "attempt-1" / "job.sh").read_text()
+    script = script_of(fresh(third))
     assert f"#SBATCH --dependency=afterok:{fresh(second).native_id}\n" in script
 
 
@@ -564,3 +492,36 @@ def test_dependencies_that_cannot_be_waited_for_are_errors(
     itself.dependencies = [itself.pk]
     itself.execute()
     assert "cannot depend on itself" in run_to(monitor, until, itself, "Error").status_message
+
+
+@pytest.mark.django_db
+def test_a_requeued_job_stays_running_and_then_completes(
+    user: Any, monitor: Monitor, until: Callable[..., Any], cleanup_jobs: list[Job]
+) -> None:
+    # What Slurm does to a preempted (or node-failed) job with requeue: back to PENDING, then
+    # it runs again. offload keeps it Running (never backwards) and shows the native state.
+    job = slurm_job(user, executable="sh", arguments=["-c", "sleep 3; echo run >> runs.txt"])
+    cleanup_jobs.append(job)
+    job.execute()
+    running = run_to(monitor, until, job, "Running")
+    subprocess.run(["scontrol", "requeue", running.native_id], check=True, timeout=10)
+    until(
+        lambda: fresh(job).native_status.startswith("PENDING"),
+        step=lambda: (monitor._poll_soon.add("slurm:default"), monitor.run_cycle()),
+        interval=0.1,
+        timeout=20,
+        what="the requeued job to be seen pending",
+    )
+    assert fresh(job).status == "Running"
+    # Slurm delays a requeued job's start (BeginTime); let it start now, but not within a
+    # second of the requeue: slurmd still holds the old run's revoked credential and Slurm 22.05
+    # then kills the new start ("Job credential revoked", exit 1).
+    time.sleep(2)
+    subprocess.run(
+        ["scontrol", "update", f"JobId={running.native_id}", "StartTime=now"],
+        check=True,
+        timeout=10,
+    )
+    done = run_to(monitor, until, job, "Complete", "Error", "Aborted")
+    assert done.status == "Complete", done.status_message
+    assert (Path(done.workspace) / "runs.txt").read_text() == "run\n"

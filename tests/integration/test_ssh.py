@@ -20,8 +20,10 @@ from typing import Any
 
 import asyncssh
 import pytest
-from test_slurm import apply_exports, queue_state, slurm_cluster, slurm_lock  # noqa: F401 (fixtures)
+from test_slurm import queue_state, slurm_cluster, slurm_lock  # noqa: F401 (fixtures)
 from tests import dbtools
+from tests.integration import engine_support
+from tests.integration.engine_support import apply_exports, fresh
 
 from offload import JobManager
 from offload.engines.base import JobHandle
@@ -305,15 +307,7 @@ def ssh_cluster(sshd: dict[str, str], slurm_cluster: None, slurm_lock: None) -> 
     )
 
 
-@pytest.fixture
-def monitor() -> Iterator[Monitor]:
-    m = Monitor("ssh-test-monitor")
-    yield m
-    m.shutdown()
-
-
-def fresh(job: Job) -> Job:
-    return Job.objects.get(pk=job.pk)
+monitor = engine_support.monitor_fixture("ssh-test-monitor")
 
 
 def run_to(monitor: Monitor, until: Callable[..., Any], job: Job, *statuses: str) -> Job:
@@ -373,7 +367,9 @@ def test_slurm_over_ssh_runs_jobs_verbatim_on_one_connection(
     assert isinstance(engine, SlurmEngine) and isinstance(engine.runner, SSHRunner)
     remote = engine.remote_workspace(ok.workspace)
     assert remote.startswith(sshd["workspace_root"] + "/")
-    assert not (Path(ok.workspace) / ".offload").exists()
+    # (A local copy appears only when the finished job's files are copied back.)
+    local_copy = (Path(ok.workspace) / ".offload").exists()
+    assert not local_copy or "staged_out" in (fresh(ok).engine_state or {})
     script = engine.runner.read_text(f"{remote}/.offload/attempt-1/job.sh") or ""
     assert "\n#SBATCH --uid" not in script
     assert f"#SBATCH --comment=offload-{ok.pk}-1" in script
@@ -481,3 +477,103 @@ def test_an_unreachable_ssh_host_makes_jobs_wait_not_fail(
             engine.get_logs(JobHandle(job.pk, 1, "", waiting.workspace))
     finally:
         engine.close()
+
+
+def read_staged_output(job: Job) -> None:
+    """A process_results_function: the output must already be here, copied back from the
+    cluster before result processing runs."""
+    text = (Path(job.workspace) / "out" / "result.txt").read_text()
+    job.extended_properties = {**(job.extended_properties or {}), "result": text}
+    job.save()
+
+
+@SLURM_OVER_SSH
+@pytest.mark.django_db
+@pytest.mark.usefixtures("offload_home")
+def test_slurm_over_ssh_stages_inputs_in_and_outputs_back_before_results(
+    user: Any, monitor: Monitor, until: Callable[..., Any], ssh_cluster: Any, sshd: dict[str, str]
+) -> None:
+    manager = JobManager("ssh_app")
+    job = manager.create_job(
+        "staged",
+        user,
+        job_type="SLURM",
+        scheduler=ssh_cluster,
+        script="mkdir -p out\ntr a-z A-Z < input.txt > out/result.txt\necho done\n",
+        process_results_function=read_staged_output,
+    )
+    job.save()
+    # The app puts the job's input into its (local) workspace before executing it.
+    (Path(job.workspace) / "data").mkdir(parents=True)
+    (Path(job.workspace) / "input.txt").write_text("hello from the portal\n")
+    (Path(job.workspace) / "data" / "more $(id).txt").write_text("x" * 100_000)
+    job.execute()
+    done = run_to(monitor, until, job, "Complete", "Error", "Various-Complete")
+    assert done.status == "Complete", done.status_message
+    assert done.extended_properties["result"] == "HELLO FROM THE PORTAL\n"
+    engine = monitor.engines[f"slurm:{ssh_cluster.pk}"]
+    assert isinstance(engine, SlurmEngine)
+    remote = engine.remote_workspace(done.workspace)
+    # In: the inputs went to the cluster (not offload's own folder: the script is written there).
+    assert engine.runner.read_text(f"{remote}/data/more $(id).txt") == "x" * 100_000
+    # Back: outputs and this attempt's logs, into the local workspace, mtimes kept.
+    workspace = Path(done.workspace)
+    assert (workspace / "out" / "result.txt").read_text() == "HELLO FROM THE PORTAL\n"
+    assert (workspace / ".offload" / "attempt-1" / "stdout.log").read_text() == "done\n"
+    staged = done.engine_state["staged_out"]
+    assert staged["attempt"] == 1 and staged["files"] >= 3
+    # All over the one connection.
+    assert isinstance(engine.runner, SSHRunner) and engine.runner.connections_opened == 1
+
+
+@SLURM_OVER_SSH
+@pytest.mark.django_db
+@pytest.mark.usefixtures("offload_home")
+def test_a_failed_copy_back_is_retried_and_never_makes_the_job_an_error(
+    user: Any,
+    monitor: Monitor,
+    until: Callable[..., Any],
+    ssh_cluster: Any,
+    offload_settings: Callable[..., None],
+) -> None:
+    offload_settings(RETRY_INITIAL=0.05, RETRY_MAX=0.2)
+    manager = JobManager("ssh_app")
+    # The job leaves an output the SSH user cannot read: SFTP refuses to copy it back.
+    job = manager.create_job(
+        "unreadable",
+        user,
+        job_type="SLURM",
+        scheduler=ssh_cluster,
+        script="echo secret > locked.txt\nchmod 000 locked.txt\necho ok > fine.txt\n",
+    )
+    job.execute()
+    done = run_to(monitor, until, job, "Complete", "Error")
+    assert done.status == "Complete", done.status_message
+    until(
+        lambda: "copying its files back" in fresh(job).status_message,
+        step=monitor.run_cycle,
+        interval=0.1,
+        timeout=20,
+        what="the copy back to fail",
+    )
+    for _ in range(5):  # retried, and the job stays Complete (no Error, no event)
+        monitor.run_cycle()
+    failing = fresh(job)
+    assert failing.status == "Complete"
+    assert "Permission denied" in failing.status_message or "denied" in failing.status_message
+    assert [e.to_status for e in failing.events][-1] == "COM"
+    assert "staged_out" not in (failing.engine_state or {})
+    # The cluster side is fixed (here: as root, on the same machine); the next try copies it.
+    engine = monitor.engines[f"slurm:{ssh_cluster.pk}"]
+    assert isinstance(engine, SlurmEngine)
+    os.chmod(f"{engine.remote_workspace(done.workspace)}/locked.txt", 0o644)
+    until(
+        lambda: "staged_out" in (fresh(job).engine_state or {}),
+        step=monitor.run_cycle,
+        interval=0.1,
+        timeout=20,
+        what="the retried copy to succeed",
+    )
+    assert (Path(done.workspace) / "locked.txt").read_text() == "secret\n"
+    assert (Path(done.workspace) / "fine.txt").read_text() == "ok\n"
+    assert fresh(job).status == "Complete"

@@ -159,6 +159,42 @@ def test_list_is_paginated(alice: Client, user: Any) -> None:
     assert len(alice.get("/jobs/?page=999").context["rows"]) == 5  # the last page
 
 
+def test_the_pager_counts_only_up_to_its_cap(
+    alice: Client, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count under the jobs table is bounded (a COUNT over a LIMIT), so the first page costs
+    the same however many jobs a user has; past the cap the pager says so and still pages."""
+    from offload.web import views
+
+    monkeypatch.setattr(views, "COUNT_CAP", 2 * PAGE_SIZE)
+    manager = JobManager("capped")
+    manager.bulk_create([manager.create_job(f"c{i}", user) for i in range(2 * PAGE_SIZE + 3)])
+    first = alice.get("/jobs/")
+    page = first.context["page"]
+    assert page.paginator.count_is_capped
+    assert f"more than {2 * PAGE_SIZE} jobs" in first.content.decode()
+    assert 'href="?page=2"' in first.content.decode()
+    deep = alice.get("/jobs/?page=3")  # past the cap: counted just past the page asked for
+    assert len(deep.context["rows"]) == 3
+    assert not deep.context["page"].paginator.count_is_capped
+    monkeypatch.setattr(views, "COUNT_CAP", 10 * PAGE_SIZE)
+    exact = alice.get("/jobs/")
+    assert not exact.context["page"].paginator.count_is_capped
+    assert f"({2 * PAGE_SIZE + 3} jobs)" in exact.content.decode()
+
+
+def test_a_search_with_few_matches_keeps_the_order(alice: Client, user: Any) -> None:
+    manager = JobManager("searching")
+    made = manager.bulk_create(
+        [manager.create_job(f"{word} {i}", user) for i in range(4) for word in ("alpha", "beta")]
+    )
+    alphas = sorted(j.pk for j in made if j.name.startswith("alpha"))
+    newest_first = alice.get("/jobs/?q=alpha")
+    assert [row.job.pk for row in newest_first.context["rows"]] == alphas[::-1]
+    oldest_first = alice.get("/jobs/?q=ALPHA&sort=id")
+    assert [row.job.pk for row in oldest_first.context["rows"]] == alphas
+
+
 def test_list_filters_and_sorts_in_the_database(alice: Client, user: Any) -> None:
     manager = JobManager("filtering")
     manager.bulk_create([manager.create_job(f"batch {i}", user) for i in range(3)])

@@ -146,3 +146,15 @@ def test_status_and_templates_import_no_django() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_aggregate_statuses_follows_tethys() -> None:
+    from offload.engines.base import aggregate_statuses
+
+    assert aggregate_statuses([]) is None
+    assert aggregate_statuses([Status.COMPLETE] * 3) == Status.COMPLETE
+    assert aggregate_statuses([Status.ERROR, Status.ERROR]) == Status.ERROR
+    assert aggregate_statuses([Status.RUNNING, Status.COMPLETE]) == Status.VARIOUS
+    assert aggregate_statuses([Status.SUBMITTED, Status.ERROR]) == Status.VARIOUS
+    assert aggregate_statuses([Status.COMPLETE, Status.ERROR]) == Status.VARIOUS_COMPLETE
+    assert aggregate_statuses([Status.ABORTED, Status.COMPLETE]) == Status.VARIOUS_COMPLETE

@@ -103,7 +103,8 @@ def test_a_script_body_is_written_verbatim() -> None:
     [
         ({}, "executable"),
         ({"script": "x", "executable": "y"}, "script"),
-        ({"executable": "x", "array": "1-10"}, "array"),
+        ({"executable": "x", "array": "1-10;x"}, "array"),
+        ({"executable": "x", "array": "1-100000"}, "array"),
         ({"executable": "x", "dependencies": ["x"]}, "dependencies[0]"),
         ({"executable": "x", "dependencies": [{"type": "before", "job": 1}]}, "dependencies[0]"),
         ({"executable": "x", "dependencies": 3}, "dependencies"),

@@ -27,7 +27,10 @@ ENGINE_CLASSES: dict[str, str] = {
     "basic": "offload.engines.basic:BasicEngine",
     "local": "offload.engines.local:LocalEngine",
     "slurm": "offload.engines.slurm:SlurmEngine",
+    "sge": "offload.engines.sge:SgeEngine",
+    "pbs": "offload.engines.pbs:PbsEngine",
     "dask": "offload.engines.dask:DaskEngine",
+    "condor": "offload.engines.condor:CondorEngine",
 }
 
 

@@ -19,7 +19,7 @@ import abc
 import dataclasses
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -118,6 +118,20 @@ def parse_dependencies(value: Any) -> list[tuple[str, int]]:
             raise InvalidJobError(f"dependencies[{i}]", f"{job!r} is not an offload job id")
         pairs.append((str(kind), int(job)))
     return pairs
+
+
+def aggregate_statuses(statuses: Iterable[Status]) -> Status | None:
+    """One status for a job made of several tasks (an array, HTCondor's ``num_jobs`` procs, a DAG's
+    nodes), as Tethys does: all alike → that status; some still pending, queued, running or paused →
+    Various; all finished but not alike (some Complete, some Error …) → Various-Complete, which runs
+    result processing and then Complete. None for no tasks at all."""
+    seen = set(statuses)
+    if not seen:
+        return None
+    if len(seen) == 1:
+        return next(iter(seen))
+    waiting = {Status.PENDING, Status.SUBMITTED, Status.RUNNING, Status.PAUSED, Status.VARIOUS}
+    return Status.VARIOUS if seen & waiting else Status.VARIOUS_COMPLETE
 
 
 @dataclass(frozen=True)
@@ -250,6 +264,17 @@ class Engine(abc.ABC):
     def cleanup(self, handle: JobHandle) -> None:
         """Remove the job from the scheduler and delete the engine's own files for it."""
 
+    def needs_stage_out(self) -> bool:
+        """True when finished jobs' files live elsewhere (a remote workspace) and must be copied
+        back: the monitor then calls :meth:`stage_out` before result processing."""
+        return False
+
+    def stage_out(self, handle: JobHandle) -> list[str]:
+        """Copy a finished attempt's files (outputs, logs) back into its local workspace; the
+        relative paths copied. Raises :class:`EngineUnavailableError` when the copy fails: the
+        monitor tries again later, and the job's status does not change."""
+        return []
+
     def close(self) -> None:
         """Release connections; the engine is not used again."""
 
@@ -294,6 +319,32 @@ class BatchSchedulerEngine(Engine):
     def close(self) -> None:
         self.runner.close()
 
+    # -- staging (a remote workspace) ------------------------------------------------------
+    def needs_stage_out(self) -> bool:
+        return bool(self.remote_root)
+
+    def stage_in(self, local_workspace: str, remote_workspace: str) -> list[str]:
+        """Copy the job's workspace files (inputs the app put there) to its remote workspace
+        before it is submitted, leaving out offload's own ``.offload`` folder."""
+        if remote_workspace == local_workspace:
+            return []
+        return self.runner.upload_tree(
+            local_workspace, remote_workspace, skip=lambda path: path == ".offload"
+        )
+
+    def stage_out(self, handle: JobHandle) -> list[str]:
+        """Copy the remote workspace back: outputs and this attempt's logs (``.offload/attempt-N``;
+        other attempts' folders were copied when they ended)."""
+        remote = self.remote_workspace(handle.workspace)
+        if remote == handle.workspace:
+            return []
+        own = f".offload/attempt-{handle.attempt}"
+
+        def skip(path: str) -> bool:
+            return path.startswith(".offload/") and not (path == own or path.startswith(own + "/"))
+
+        return self.runner.download_tree(remote, handle.workspace, skip=skip)
+
     # -- what a scheduler supplies ---------------------------------------------------------
     @abc.abstractmethod
     def write_submission(self, spec: JobSpec) -> str:
@@ -331,6 +382,10 @@ class BatchSchedulerEngine(Engine):
         """Submission key → native id of submissions that already exist (crash recovery)."""
         return {}
 
+    def submission_state(self, spec: JobSpec) -> dict[str, Any]:
+        """Engine state to keep with a submitted attempt (say, an array's task ids)."""
+        return {}
+
     def cancel_command(self, native_id: str) -> list[str]:
         raise NotSupportedError(f"the {self.kind} engine cannot stop jobs")
 
@@ -348,6 +403,7 @@ class BatchSchedulerEngine(Engine):
         return self.runner.run(list(argv), timeout=self.command_timeout)
 
     def submit_batch(self, specs: Sequence[JobSpec]) -> list[SubmitResult]:
+        local_workspaces = {s.job_id: s.workspace for s in specs}
         specs = [
             dataclasses.replace(s, workspace=self.remote_workspace(s.workspace)) for s in specs
         ]
@@ -365,11 +421,13 @@ class BatchSchedulerEngine(Engine):
                         spec.job_id,
                         SubmitOutcome.SUBMITTED,
                         native_id=existing[spec.key],
+                        state=self.submission_state(spec),
                         adopted=True,
                     )
                 )
                 continue
             try:
+                self.stage_in(local_workspaces[spec.job_id], spec.workspace)
                 script = self.write_submission(spec)
                 result = self.run(self.submit_command(spec, script))
                 if result.returncode != 0:
@@ -384,7 +442,12 @@ class BatchSchedulerEngine(Engine):
                 results.append(SubmitResult(spec.job_id, SubmitOutcome.REJECTED, message=str(exc)))
             else:
                 results.append(
-                    SubmitResult(spec.job_id, SubmitOutcome.SUBMITTED, native_id=native_id)
+                    SubmitResult(
+                        spec.job_id,
+                        SubmitOutcome.SUBMITTED,
+                        native_id=native_id,
+                        state=self.submission_state(spec),
+                    )
                 )
         return results
 

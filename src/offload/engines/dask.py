@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import logging
 import os
 from collections import defaultdict
@@ -52,6 +53,9 @@ TASK_KINDS = ("delayed", "callable", "future")
 TASK_FILE = "task.dask"
 RESULT_FILE = "result.dask"
 ERROR_FILE = "error.txt"
+LOG_FILE = "dask.log"
+#: Lines of the scheduler's and each worker's log read when tasks end.
+LOG_LINES = 1000
 #: Dask task states → offload statuses ("memory" and "erred" are handled on their own).
 WAITING_STATES = frozenset({"released", "waiting", "no-worker", "queued", "forgotten"})
 _connection_errors: tuple[type[BaseException], ...] = (
@@ -154,6 +158,83 @@ def load_result(workspace: str, attempt: int) -> Any:
     if not path.exists():
         return None
     return deserialize(path.read_bytes())
+
+
+def _clock(stamp: Any) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(float(stamp), datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S.%f"
+        )[:-3]
+    except (TypeError, ValueError, OverflowError):
+        return str(stamp)
+
+
+def _story_keys(entry: Sequence[Any]) -> tuple[Any, ...]:
+    """The keys a ``Client.story`` entry is about: its second item, or a tuple of keys there."""
+    if len(entry) < 3:
+        return ()
+    return (
+        tuple(entry[1])
+        if isinstance(entry[1], tuple)
+        else (entry[1], *(entry[2] if isinstance(entry[2], tuple) else ()))
+    )
+
+
+def _names(text: str, key: str) -> bool:
+    """Whether ``text`` names ``key`` (not merely a longer key: offload-1-1 in offload-1-10)."""
+    start = text.find(key)
+    while start >= 0:
+        after = text[start + len(key) : start + len(key) + 1]
+        if not (after.isalnum() or after in ("-", "_")):
+            return True
+        start = text.find(key, start + 1)
+    return False
+
+
+def task_logs(
+    keys: Sequence[str],
+    story: Sequence[Sequence[Any]],
+    scheduler_lines: Sequence[Sequence[str]],
+    worker_lines: Mapping[str, Sequence[Sequence[str]]],
+) -> dict[str, str]:
+    """The text of ``dask.log`` for each key: its story (``Client.story``: source first,
+    timestamp last), then the scheduler's and the workers' log lines that name it. One pass over
+    the story; log lines are matched only against keys they could name."""
+    wanted = set(keys)
+    # A key's story may hold an earlier task of the same name (another database's job, a
+    # scheduler that outlived a reset): keep what followed its last start on the scheduler.
+    since: dict[Any, float] = {}
+    for entry in story:
+        if len(entry) >= 4 and entry[0] == "scheduler" and entry[2] == "released":
+            since[entry[1]] = max(since.get(entry[1], 0.0), float(entry[-1]))
+    stories: dict[str, list[str]] = {key: [] for key in keys}
+    for entry in story:
+        for key in _story_keys(entry):
+            if key in wanted and float(entry[-1]) >= since.get(key, 0.0):
+                source, *middle, stamp = entry
+                parts = " ".join(str(p) for p in middle if not isinstance(p, dict) and p != key)
+                stories[key].append(f"{_clock(stamp)} {source}: {parts}")
+
+    def naming(lines: Sequence[Sequence[str]]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = defaultdict(list)
+        for line in reversed(lines):  # Dask gives them newest first
+            text = str(line[-1])
+            for key in wanted:
+                if _names(text, key):
+                    found[key].append(text)
+        return found
+
+    in_scheduler = naming(scheduler_lines)
+    in_workers = {worker: naming(lines) for worker, lines in sorted(worker_lines.items())}
+    texts: dict[str, str] = {}
+    for key in keys:
+        out = [f"Dask task {key}", "", "-- story (scheduler and workers, UTC) --", *stories[key]]
+        out += ["", "-- scheduler log --", *in_scheduler.get(key, [])]
+        for worker, found in in_workers.items():
+            if found.get(key):
+                out += ["", f"-- worker {worker} log --", *found[key]]
+        texts[key] = "\n".join(out) + "\n"
+    return texts
 
 
 def scheduler_address(options: Mapping[str, Any]) -> str:
@@ -444,6 +525,15 @@ class DaskEngine(Engine):
             gathered = self._gather(address, to_gather)
             reports.update(gathered)
             release.extend(h.native_id for h in to_gather)
+        ended = [
+            h
+            for h in handles
+            if h.job_id in reports
+            and reports[h.job_id].status in (Status.COMPLETE, Status.ERROR, Status.ABORTED)
+            and reports[h.job_id].native_status != "lost"
+        ]
+        if ended:
+            self._write_logs(address, ended)
         if release or forget_marks:
             # Letting go of finished tasks: best effort (a later poll or cleanup retries).
             try:
@@ -499,23 +589,20 @@ class DaskEngine(Engine):
         )
 
     def _gather(self, address: str, handles: Sequence[JobHandle]) -> dict[int, NativeReport]:
-        from distributed import Future
+        from distributed import Future, wait
 
         client = self.client(address)
         futures: dict[str, Any] = {h.native_id: Future(h.native_id, client=client) for h in handles}
-        # What Future(inform=True) used to do: ask the scheduler to report these keys to us.
-        client._send_to_scheduler(
-            {"op": "client-desires-keys", "keys": list(futures), "client": client.id}
-        )
+        # The futures exist first; then the scheduler is asked to report their keys to this
+        # client (a public scheduler method through run_on_scheduler), and they finish here.
+        self.call(address, dask_remote.desire_keys, keys=list(futures), client=client.id)
         values: dict[str, Any] = {}
         failures: dict[str, str] = {}
 
         def gather(items: list[Any]) -> list[Any]:
-            return list(
-                client.sync(
-                    client._gather, items, errors="raise", callback_timeout=self.gather_timeout
-                )
-            )
+            with client.as_current():  # wait() asks for the current client
+                wait(items, timeout=self.gather_timeout)  # type: ignore[no-untyped-call]
+            return list(client.gather(items, errors="raise"))
 
         try:
             values = dict(zip(futures, gather(list(futures.values())), strict=True))
@@ -557,6 +644,32 @@ class DaskEngine(Engine):
             )
         return reports
 
+    def _write_logs(self, address: str, handles: Sequence[JobHandle]) -> None:
+        """Keep what Dask knows of each ended task in its attempt folder (``dask.log``): its story
+        on the scheduler and the workers (``Client.story``) and the scheduler's and workers' log
+        lines that name it. Three calls for every task that ended in a cycle; best effort."""
+        try:
+            client = self.client(address)
+            keys = [h.native_id for h in handles]
+            story = client.story(*keys, on_error="ignore")
+            scheduler_lines = client.get_scheduler_logs(n=LOG_LINES)
+            worker_lines = client.get_worker_logs(n=LOG_LINES)
+        except Exception as exc:  # logs must never fail a poll
+            log.info("could not read the Dask logs of %d task(s): %s", len(handles), exc)
+            return
+        try:
+            texts = task_logs(keys, story, scheduler_lines, worker_lines)
+        except Exception:  # an unexpected story entry must not fail a poll either
+            log.exception("could not make the Dask logs of %d task(s)", len(handles))
+            return
+        for handle in handles:
+            text = texts[handle.native_id]
+            try:
+                path = attempt_folder(handle.workspace, handle.attempt) / LOG_FILE
+                _write_atomic(path, text.encode())
+            except OSError:
+                log.debug("job %s: could not write its Dask log", handle.job_id, exc_info=True)
+
     def _write_error(self, handle: JobHandle, text: str) -> None:
         try:
             path = attempt_folder(handle.workspace, handle.attempt) / ERROR_FILE
@@ -582,13 +695,20 @@ class DaskEngine(Engine):
 
     def get_logs(self, handle: JobHandle) -> dict[str, str]:
         """What the monitor stored for the attempt (never a scheduler call: web requests read
-        logs): the task's error, if it failed."""
+        logs): ``dask`` (the task's story on the scheduler and the workers, and their log lines
+        naming it, kept when the task ended), ``error`` (if it failed) and ``dashboard`` (the
+        scheduler's dashboard URL, when known)."""
         logs: dict[str, str] = {}
+        dashboard = str(handle.state.get("dashboard") or "")
+        if dashboard:
+            logs["dashboard"] = dashboard
         if not handle.workspace:
             return logs
-        path = attempt_folder(handle.workspace, handle.attempt) / ERROR_FILE
-        if path.exists():
-            logs["error"] = path.read_text(errors="replace")
+        folder = attempt_folder(handle.workspace, handle.attempt)
+        for name, filename in (("dask", LOG_FILE), ("error", ERROR_FILE)):
+            path = folder / filename
+            if path.exists():
+                logs[name] = path.read_text(errors="replace")
         return logs
 
     def close(self) -> None:

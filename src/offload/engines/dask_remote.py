@@ -90,17 +90,15 @@ def cancel_keys(dask_scheduler: Any, keys: Iterable[str] = ()) -> list[str]:
     return known
 
 
+def desire_keys(dask_scheduler: Any, keys: Iterable[str] = (), client: str = "") -> None:
+    """Have ``client`` (the monitor's) want ``keys``, so the scheduler reports them to it and it
+    can gather them: what ``Future(key, client, inform=True)`` once did. The client makes its
+    ``Future`` objects first, so the report finds them."""
+    known = [k for k in keys if k in dask_scheduler.tasks]
+    if known and client in dask_scheduler.clients:
+        dask_scheduler.client_desires_keys(keys=known, client=client)
+
+
 def forget_cancelled(dask_scheduler: Any, keys: Iterable[str] = ()) -> None:
     """Drop the cancelled marks of jobs offload no longer watches."""
     _cancelled(dask_scheduler).difference_update(keys)
-
-
-def scheduler_logs(dask_scheduler: Any, keys: Iterable[str] = ()) -> dict[str, str]:
-    """The scheduler's story of each key (its transitions), as text."""
-    out: dict[str, str] = {}
-    for key in keys:
-        lines = []
-        for entry in dask_scheduler.story(key):
-            lines.append(" ".join(str(part) for part in entry))
-        out[key] = "\n".join(lines)
-    return out

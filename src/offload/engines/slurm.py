@@ -15,19 +15,31 @@ arguments are quoted for bash, each on its own line (:func:`bash_quote`).
 from __future__ import annotations
 
 import re
-import shlex
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 from offload.engines.base import (
-    DEPENDENCY_KINDS,
     BatchSchedulerEngine,
     JobHandle,
     JobSpec,
     NativeReport,
-    parse_dependencies,
-    validate_arguments,
+    aggregate_statuses,
     validate_environment,
+)
+from offload.engines.batch_common import (
+    INHERITED,
+    JOB_NAME_UNSAFE,
+    LOG_LIMIT,
+    WALL_TIME,
+    attempt_folder,
+    bash_quote,
+    positive_int,
+    validate_command,
+    validate_dependencies,
+    validate_names,
+    working_directory,
 )
 from offload.errors import (
     ConfigurationError,
@@ -40,24 +52,17 @@ from offload.errors import (
 from offload.status import Status
 from offload.transport.base import CommandResult, CommandRunner
 
-#: Partitions, accounts, QOS names: what Slurm itself allows in practice, and nothing a shell or
-#: the directive parser would read specially.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
-#: minutes | minutes:seconds | hours:minutes:seconds | days-hours[:minutes[:seconds]]
-WALL_TIME = re.compile(r"^(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(?::\d{1,2}){0,2})$")
-#: A size in megabytes, or with a K/M/G/T suffix.
+#: A size in megabytes, or with a K/M/G/T suffix (Slurm's --mem; no "KB" forms).
 MEMORY = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
-#: Characters kept in Slurm's job name; the rest become "_" (offload keeps the real name).
-JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
-#: Variables of the submitter's environment a job inherits; the rest (database URLs, secret keys)
-#: stays with the monitor. More can be listed in the ``inherit_environment`` option.
-INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
-LOG_LIMIT = 2_000_000  # characters of a log returned by get_logs
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
-#: Parameters of other schedulers' jobs or of later versions, refused with a clear reason.
-NOT_YET = {
-    "array": "job arrays are not supported by the Slurm engine yet",
-}
+#: A job array: comma-separated indexes or ranges (``1-100``, ``0-15:4``, ``1,3,7-9``), optionally
+#: ``%N`` at most N tasks at once. Nothing else: the value becomes an ``#SBATCH --array`` line.
+ARRAY_PART = re.compile(r"^(\d{1,7})(?:-(\d{1,7})(?::(\d{1,7}))?)?$")
+#: Slurm's own ceiling on array indexes (MaxArraySize may be at most 4000001).
+ARRAY_MAX_INDEX = 4_000_000
+#: The most tasks one array may have here (engine option ``max_array_tasks``); Slurm's default
+#: MaxArraySize allows indexes 0-1000, MaxJobCount 10000 jobs in all.
+ARRAY_MAX_TASKS = 10_000
 #: sbatch errors that say nothing about the job: the submission is retried, the job stays as it is.
 TRANSIENT = (
     "Unable to contact slurm controller",
@@ -71,46 +76,9 @@ TRANSIENT = (
 NEVER_SATISFIED = "DependencyNeverSatisfied"
 
 
-def bash_quote(value: str) -> str:
-    """A bash word for ``value`` that stays on one line: :func:`shlex.quote`, or ``$'…'`` with
-    escapes when the value holds newlines or other control characters. So no value can start a
-    line of the script (a ``#SBATCH`` directive, say), however it is written."""
-    if not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return shlex.quote(value)
-    out = []
-    for c in value:
-        if c in ("\\", "'"):
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\x{ord(c):02x}")
-        else:
-            out.append(c)
-    return "$'" + "".join(out) + "'"
-
-
-def attempt_folder(workspace: str, attempt: int) -> str:
-    return f"{workspace.rstrip('/')}/.offload/attempt-{attempt}"
-
-
 def slurm_path(path: str) -> str:
     """A path for ``--output``/``--error``: ``%`` starts a Slurm filename pattern, ``%%`` is one %."""
     return path.replace("%", "%%")
-
-
-def _positive_int(params: dict[str, Any], name: str) -> None:
-    value = params.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidJobError(name, f"must be a positive whole number, not {value!r}")
-    text = str(value).strip()
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidJobError(name, f"must be a positive whole number, not {value!r}")
-    params[name] = int(text)
 
 
 def _exit_message(exit_code: str) -> tuple[int | None, str]:
@@ -122,6 +90,39 @@ def _exit_message(exit_code: str) -> tuple[int | None, str]:
     if code is None:
         return None, "failed"
     return code, f"exited with code {code}"
+
+
+def parse_array(value: Any, max_tasks: int = ARRAY_MAX_TASKS) -> tuple[str, list[int]]:
+    """A job's ``array`` parameter as Slurm's ``--array`` text and its sorted task ids. Raises
+    ``InvalidJobError("array", …)`` for anything but indexes, ranges, steps and one ``%limit``."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidJobError("array", f"must be text such as '1-100%10', not {value!r}")
+    text = str(value).strip()
+    spec, percent, limit = text.partition("%")
+    if percent and (not limit.isdigit() or int(limit) < 1 or len(limit) > 7):
+        raise InvalidJobError("array", f"{value!r}: the limit after % must be a positive number")
+    tasks: set[int] = set()
+    for part in spec.split(","):
+        match = ARRAY_PART.match(part)
+        if match is None:
+            raise InvalidJobError(
+                "array",
+                f"{value!r} is not a Slurm array: indexes or ranges separated by commas "
+                "('1-100', '0-15:4', '1,3,7-9'), optionally '%N' (at most N at once)",
+            )
+        first, last, step = match.group(1), match.group(2), match.group(3)
+        start = int(first)
+        end = int(last) if last is not None else start
+        stride = int(step) if step is not None else 1
+        if end < start or stride < 1 or end > ARRAY_MAX_INDEX:
+            raise InvalidJobError(
+                "array",
+                f"{part!r}: a range goes up (start ≤ end ≤ {ARRAY_MAX_INDEX:,}) with a step ≥ 1",
+            )
+        if (end - start) // stride + 1 + len(tasks) > max_tasks:
+            raise InvalidJobError("array", f"{value!r} has more than {max_tasks:,} tasks")
+        tasks.update(range(start, end + 1, stride))
+    return text, sorted(tasks)
 
 
 def map_state(job_id: int, state: str, reason: str = "", exit_code: str = "") -> NativeReport:
@@ -173,6 +174,148 @@ def map_state(job_id: int, state: str, reason: str = "", exit_code: str = "") ->
     return NativeReport(job_id, status, native, message, code)
 
 
+#: What Slurm's queue and accounting say once a job or task has ended.
+FINAL = frozenset({Status.COMPLETE, Status.ERROR, Status.ABORTED})
+FINAL_CODES = frozenset(s.value for s in FINAL)
+
+
+class QueueLine(NamedTuple):
+    """One line of ``squeue``: a single job (``task`` None) or one task of an array."""
+
+    job: str
+    task: int | None
+    state: str
+    reason: str
+    #: Slurm's own job id of the line (an array task's ``%A``).
+    raw: str
+
+
+def split_array_id(text: str) -> tuple[str, list[int | None]]:
+    """``"7"`` → ("7", [None]); ``"7_3"`` → ("7", [3]); ``"7_[3-5%2]"`` → ("7", [3, 4, 5])."""
+    job, underscore, tasks = text.strip().partition("_")
+    if not underscore:
+        return job, [None]
+    if tasks.isdigit():
+        return job, [int(tasks)]
+    try:
+        _, ids = parse_array(tasks.strip("[]"), 4_000_001)
+    except InvalidJobError:
+        return text, [None]  # nothing offload submitted looks like this
+    return job, list(ids)
+
+
+def task_record(report: NativeReport, slurm_job_id: str = "") -> dict[str, Any]:
+    """One array task as kept in ``state["tasks"]``."""
+    record: dict[str, Any] = {
+        "status": report.status.value if report.status is not None else Status.SUBMITTED.value,
+        "native_status": report.native_status,
+        "exit_code": report.exit_code,
+    }
+    if slurm_job_id.isdigit():
+        record["slurm_job_id"] = slurm_job_id
+    return record
+
+
+@dataclass
+class ArrayPoll:
+    """One array job during a poll: its tasks as the queue, then the accounting, say."""
+
+    handle: JobHandle
+    #: ``state["tasks"]`` as the previous poll left it.
+    before: dict[str, Any]
+    expected: list[str] = field(default_factory=list)
+    #: Tasks known this poll (from the queue, the accounting, or settled earlier).
+    now: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Tasks to ask the accounting about → their own Slurm job id when known.
+    need: dict[str, str] = field(default_factory=dict)
+    #: Whether the queue or the accounting said anything about a task this poll.
+    heard: bool = False
+    answered: set[str] = field(default_factory=set)
+
+    def report(self) -> NativeReport | None:
+        """The array as one job: Various while its tasks disagree and some still wait,
+        Various-Complete once none waits (``aggregate_statuses``). None (stale) when neither the
+        queue nor the accounting knew any task that had not already ended."""
+        if self.need and not self.heard:
+            return None
+        tasks: dict[str, dict[str, Any]] = {}
+        for task in self.expected:
+            record = self.now.get(task, self.before.get(task))
+            if isinstance(record, dict):
+                tasks[task] = record  # a task unknown this poll keeps its last known state
+        # A task never seen anywhere yet counts as waiting: never assumed finished.
+        statuses = [Status(r["status"]) for r in tasks.values()]
+        statuses += [Status.SUBMITTED] * (len(self.expected) - len(tasks))
+        status = aggregate_statuses(statuses)
+        if status is None:
+            return None
+        natives = Counter(str(r["native_status"]) for r in tasks.values())
+        if len(self.expected) > len(tasks):
+            natives["UNSEEN"] += len(self.expected) - len(tasks)
+        native = ", ".join(f"{count} {name}" for name, count in natives.most_common())
+        counts = Counter(statuses)
+        message = f"{len(statuses)} tasks: " + ", ".join(
+            f"{counts[s]} {s.display}"
+            for s in Status
+            if counts[s]  # in lifecycle order
+        )
+        failed = [
+            f"task {t}: {r['native_status']}"
+            + (f" (exit {r['exit_code']})" if r.get("exit_code") else "")
+            for t, r in sorted(tasks.items(), key=lambda item: int(item[0]))
+            if r["status"] in (Status.ERROR.value, Status.ABORTED.value)
+        ]
+        if failed:
+            more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+            message += "; " + "; ".join(failed[:3]) + more
+        exit_code = None
+        if status in FINAL or status == Status.VARIOUS_COMPLETE:
+            codes = [r["exit_code"] for r in tasks.values() if r.get("exit_code") is not None]
+            exit_code = max(codes) if codes else None
+        return NativeReport(
+            self.handle.job_id,
+            status,
+            native[:255],
+            message,
+            exit_code,
+            state={"tasks": tasks} if tasks != self.before else None,
+        )
+
+
+def array_from_queue(handle: JobHandle, queued: Mapping[str, QueueLine]) -> ArrayPoll:
+    """What the queue says about an array's tasks. Tasks it no longer has are asked of the
+    accounting, unless an earlier poll already saw them end."""
+    try:
+        _, ids = parse_array(handle.state["array"], 4_000_001)
+    except InvalidJobError:
+        ids = []
+    before = handle.state.get("tasks")
+    array = ArrayPoll(handle, dict(before) if isinstance(before, dict) else {})
+    known_ids = {str(t) for t in ids}
+    array.expected = [str(t) for t in ids] + sorted(
+        (t for t in queued if t not in known_ids), key=int
+    )
+    for task in array.expected:
+        line = queued.get(task)
+        known = array.before.get(task)
+        if line is not None:
+            report = map_state(handle.job_id, line.state, line.reason)
+            if report.status not in FINAL or line.reason == NEVER_SATISFIED:
+                # A pending task still shares the array's record; its own id comes when it starts.
+                own_id = line.raw if line.state.split()[0] != "PENDING" else ""
+                array.now[task] = task_record(report, own_id)
+                array.heard = True
+                continue
+        if isinstance(known, dict) and known.get("status") in FINAL_CODES:
+            array.now[task] = known  # settled by an earlier poll: not asked again
+            continue
+        raw = line.raw if line is not None else ""
+        if not raw and isinstance(known, dict):
+            raw = str(known.get("slurm_job_id") or "")
+        array.need[task] = raw
+    return array
+
+
 class SlurmEngine(BatchSchedulerEngine):
     """Options: ``partition``, ``account``, ``qos`` (defaults for every job), ``accounting``
     (``"sacct"``: slurmdbd; ``"jobcomp"``: ``sacct -c``; ``"none"``), ``inherit_environment``."""
@@ -193,42 +336,20 @@ class SlurmEngine(BatchSchedulerEngine):
                 "jobcomp, none"
             )
         self.inherit = tuple(INHERITED) + tuple(self.options.get("inherit_environment", ()))
+        self.max_array_tasks = int(self.options.get("max_array_tasks") or ARRAY_MAX_TASKS)
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         params = dict(parameters)
-        for name, problem in NOT_YET.items():
-            if params.get(name):
-                raise InvalidJobError(name, problem)
-        executable, script = params.get("executable"), params.get("script")
-        if script:
-            if not isinstance(script, str):
-                raise InvalidJobError("script", "must be the text of a shell script")
-            if "\x00" in script:
-                raise InvalidJobError("script", "must not contain NUL characters")
-            if executable:
-                raise InvalidJobError("script", "give either a script or an executable, not both")
+        if params.get("array") is None or params.get("array") == "":
+            params.pop("array", None)
         else:
-            if not isinstance(executable, str) or not executable.strip():
-                raise InvalidJobError(
-                    "executable", "required (or a script): the program to run, e.g. 'python'"
-                )
-            if "\x00" in executable or "\n" in executable:
-                raise InvalidJobError("executable", "must not contain NUL or newline characters")
-            params["arguments"] = validate_arguments(params.get("arguments"))
+            params["array"], _ = parse_array(params["array"], self.max_array_tasks)
+        validate_command(params)
         params["environment"] = validate_environment(params.get("environment"), allow_bool=False)
-        for name in ("partition", "account", "qos"):
-            value = params.get(name) or self.options.get(name)
-            if value is None or value == "":
-                params.pop(name, None)
-                continue
-            if not isinstance(value, str) or not SAFE_NAME.match(value):
-                raise InvalidJobError(
-                    name, f"{value!r} is not a valid Slurm {name} name (letters, digits, _ . + -)"
-                )
-            params[name] = value
+        validate_names(params, self.options, ("partition", "account", "qos"), "Slurm")
         for name in ("nodes", "ntasks", "cpus_per_task"):
-            _positive_int(params, name)
+            positive_int(params, name)
         wall_time = params.get("wall_time")
         if wall_time is not None:
             text = str(wall_time).strip()
@@ -258,24 +379,8 @@ class SlurmEngine(BatchSchedulerEngine):
             if "\x00" in working_directory or "\n" in working_directory:
                 raise InvalidJobError("working_directory", "must not contain NUL or newlines")
         params["extra_directives"] = self._validate_directives(params.get("extra_directives"))
-        dependencies = parse_dependencies(params.get("dependencies"))
-        if dependencies:
-            params["dependencies"] = [{"type": kind, "job": job} for kind, job in dependencies]
-        else:
-            params.pop("dependencies", None)
-        if not self._valid_native_dependencies(params.get("native_dependencies")):
-            raise InvalidJobError("native_dependencies", "is set by the monitor, not by hand")
+        validate_dependencies(params, self.native_id_pattern)
         return params
-
-    def _valid_native_dependencies(self, native: Any) -> bool:
-        if native is None:
-            return True
-        return isinstance(native, list) and all(
-            isinstance(d, dict)
-            and d.get("type") in DEPENDENCY_KINDS
-            and self.native_id_pattern.match(str(d.get("native_id", ""))) is not None
-            for d in native
-        )
 
     @staticmethod
     def _validate_directives(directives: Any) -> list[str]:
@@ -327,13 +432,29 @@ class SlurmEngine(BatchSchedulerEngine):
             # was resolved by the monitor and is not listed.
             conditions = [f"{d['type']}:{d['native_id']}" for d in params["native_dependencies"]]
             directives.append(f"--dependency={','.join(conditions)}")
+        if params.get("array"):
+            directives.append(f"--array={params['array']}")
         directives.extend(params.get("extra_directives") or [])
         lines = ["#!/bin/bash"]
         lines += [f"#SBATCH {d}" for d in directives]
         lines += [
             f"# offload job {spec.job_id}, attempt {spec.attempt}; written by offload's Slurm engine.",
             "# Output files, working folder and inherited variables are on sbatch's command line.",
-            f"printf '%s\\n' \"${{SLURM_JOB_ID}}\" > {bash_quote(folder + '/jobid')}",
+        ]
+        if params.get("array"):
+            # Every task records the array's id (crash recovery) and its own job id (the
+            # accounting of a cluster without slurmdbd knows tasks only by their own ids).
+            tasks = folder + "/tasks"
+            lines += [
+                f"printf '%s\\n' \"${{SLURM_ARRAY_JOB_ID}}\" > {bash_quote(folder + '/jobid')}",
+                f"mkdir -p {bash_quote(tasks)}",
+                f"printf '%s\\n' \"${{SLURM_JOB_ID}}\" > "
+                f'{bash_quote(tasks)}/"${{SLURM_ARRAY_TASK_ID}}.jobid"',
+                'export OFFLOAD_TASK_ID="${SLURM_ARRAY_TASK_ID}"',
+            ]
+        else:
+            lines.append(f"printf '%s\\n' \"${{SLURM_JOB_ID}}\" > {bash_quote(folder + '/jobid')}")
+        lines += [
             f"export OFFLOAD_JOB_ID={spec.job_id}",
             f"export OFFLOAD_ATTEMPT={spec.attempt}",
             f"export OFFLOAD_WORKSPACE={bash_quote(spec.workspace)}",
@@ -348,13 +469,6 @@ class SlurmEngine(BatchSchedulerEngine):
             lines.append("exec " + " ".join(bash_quote(word) for word in command))
         return "\n".join(lines) + "\n"
 
-    def _workdir(self, spec: JobSpec) -> str:
-        chosen = spec.parameters.get("working_directory")
-        if not chosen:
-            return spec.workspace
-        chosen = str(chosen)
-        return chosen if chosen.startswith("/") else f"{spec.workspace.rstrip('/')}/{chosen}"
-
     # -- BatchSchedulerEngine pieces -------------------------------------------------------------
     @staticmethod
     def script_path(spec: JobSpec) -> str:
@@ -367,13 +481,16 @@ class SlurmEngine(BatchSchedulerEngine):
         return path
 
     def submit_command(self, spec: JobSpec, script_path: str) -> list[str]:
-        folder = attempt_folder(spec.workspace, spec.attempt)
+        folder = slurm_path(attempt_folder(spec.workspace, spec.attempt))
+        workdir = working_directory(spec.workspace, spec.parameters.get("working_directory"))
+        # An array's tasks each get their own logs: %A is the array's id, %a the task's index.
+        suffix = "-%A_%a.log" if spec.parameters.get("array") else ".log"
         return [
             "sbatch",
             "--parsable",
-            f"--output={slurm_path(folder + '/stdout.log')}",
-            f"--error={slurm_path(folder + '/stderr.log')}",
-            f"--chdir={self._workdir(spec)}",
+            f"--output={folder}/stdout{suffix}",
+            f"--error={folder}/stderr{suffix}",
+            f"--chdir={workdir}",
             # Only these names (their values come from sbatch's environment): never the monitor's
             # database URL or secret key.
             f"--export={','.join(self.inherit)}",
@@ -403,25 +520,42 @@ class SlurmEngine(BatchSchedulerEngine):
             raise EngineUnavailableError(f"{what} failed (exit {result.returncode}): {detail}")
 
     def status_command(self, native_ids: Sequence[str]) -> list[str]:
-        return ["squeue", "--noheader", f"--jobs={','.join(native_ids)}", "--format=%i|%T|%r"]
+        # --array: one line per array task (never "7_[3-9]"); %A is each task's own job id.
+        return [
+            "squeue",
+            "--noheader",
+            "--array",
+            f"--jobs={','.join(native_ids)}",
+            "--format=%i|%T|%r|%A",
+        ]
+
+    def parse_queue(self, result: CommandResult) -> list[QueueLine]:
+        """The lines of :meth:`status_command`'s output, array tasks one by one."""
+        if result.returncode != 0 and "Invalid job id" in result.stderr:
+            return []  # squeue refuses a list of only ids it has forgotten: all left the queue
+        self.check_result(result, "squeue")
+        lines: list[QueueLine] = []
+        for line in result.stdout.splitlines():
+            fields = line.strip().split("|")
+            if len(fields) < 3:
+                continue
+            job, tasks = split_array_id(fields[0])
+            raw = fields[3] if len(fields) > 3 else ""
+            for task in tasks:
+                lines.append(QueueLine(job, task, fields[1], fields[2], raw))
+        return lines
 
     def parse_status_output(
         self, result: CommandResult, handles: Mapping[str, JobHandle]
     ) -> dict[int, NativeReport]:
-        if result.returncode != 0 and "Invalid job id" in result.stderr:
-            return {}  # squeue refuses a list of only ids it has forgotten: all left the queue
-        self.check_result(result, "squeue")
+        """Reports for the single (not array) jobs the queue still knows."""
         reports: dict[int, NativeReport] = {}
-        for line in result.stdout.splitlines():
-            native_id, _, rest = line.strip().partition("|")
-            state, _, reason = rest.partition("|")
-            handle = handles.get(native_id)
-            if handle is None:
+        for line in self.parse_queue(result):
+            handle = handles.get(line.job)
+            if handle is None or line.task is not None:
                 continue
-            report = map_state(handle.job_id, state, reason)
-            if report.status in (Status.COMPLETE, Status.ERROR, Status.ABORTED) and (
-                reason != NEVER_SATISFIED
-            ):
+            report = map_state(handle.job_id, line.state, line.reason)
+            if report.status in FINAL and line.reason != NEVER_SATISFIED:
                 continue  # finished: the accounting has the exit code
             reports[handle.job_id] = report
         return reports
@@ -434,40 +568,143 @@ class SlurmEngine(BatchSchedulerEngine):
             return [*argv, "--completion", "--format=JobID,State,ExitCode"]
         return [*argv, "--allocations", "--format=JobID,State,ExitCode,Reason"]
 
-    def parse_accounting_output(
-        self, result: CommandResult, handles: Mapping[str, JobHandle]
-    ) -> dict[int, NativeReport]:
+    def parse_accounting_lines(self, result: CommandResult) -> dict[str, list[str]]:
+        """JobID → its fields, the last record of each (a requeued job has several)."""
         self.check_result(result, "sacct")
         latest: dict[str, list[str]] = {}
         for line in result.stdout.splitlines():
             fields = line.strip().split("|")
-            if len(fields) >= 3 and fields[0] in handles:
-                latest[fields[0]] = fields  # a requeued job has several records: the last counts
+            if len(fields) >= 3 and fields[0]:
+                latest[fields[0]] = fields
+        return latest
+
+    def parse_accounting_output(
+        self, result: CommandResult, handles: Mapping[str, JobHandle]
+    ) -> dict[int, NativeReport]:
         reports: dict[int, NativeReport] = {}
-        for native_id, fields in latest.items():
+        for native_id, fields in self.parse_accounting_lines(result).items():
+            if native_id not in handles:
+                continue
             reason = fields[3] if len(fields) > 3 else ""
             report = map_state(handles[native_id].job_id, fields[1], reason, fields[2])
             if report.status is not None:
                 reports[report.job_id] = report
         return reports
 
+    def submission_state(self, spec: JobSpec) -> dict[str, Any]:
+        array = spec.parameters.get("array")
+        if not array:
+            return {}
+        try:
+            text, _ = parse_array(array, self.max_array_tasks)
+        except InvalidJobError:
+            return {}
+        return {"array": text}
+
     def poll_batch(self, handles: Sequence[JobHandle]) -> dict[int, NativeReport]:
-        reports = super().poll_batch(handles)
+        """One ``squeue`` for every job and array task, then one accounting call for the single
+        jobs and the array tasks that left the queue, then (rarely) one ``scancel``."""
+        if not handles:
+            return {}
+        by_native = {h.native_id: h for h in handles}
+        lines = self.parse_queue(self.run(self.status_command(list(by_native))))
+        single_lines = {line.job: line for line in lines if line.task is None}
+        task_lines: dict[str, dict[str, QueueLine]] = {}
+        for line in lines:
+            if line.task is not None:
+                task_lines.setdefault(line.job, {})[str(line.task)] = line
+        reports: dict[int, NativeReport] = {}
+        ask_single: list[str] = []
+        arrays: list[ArrayPoll] = []
+        for handle in handles:
+            if handle.state.get("array"):
+                arrays.append(array_from_queue(handle, task_lines.get(handle.native_id, {})))
+                continue
+            queued = single_lines.get(handle.native_id)
+            seen = map_state(handle.job_id, queued.state, queued.reason) if queued else None
+            if seen is None or (seen.status in FINAL and NEVER_SATISFIED not in seen.native_status):
+                ask_single.append(handle.native_id)  # left the queue (or is leaving it)
+            else:
+                reports[handle.job_id] = seen
+        unsettled = [a for a in arrays if a.need]
+        if ask_single or unsettled:
+            self._ask_accounting(ask_single, unsettled, by_native, reports)
+        for array in arrays:
+            report = array.report()
+            if report is not None:
+                reports[array.handle.job_id] = report
         # A job whose dependency failed waits in Slurm forever; offload calls it an Error, so it
         # leaves the queue too (one scancel for all of them).
         doomed = [
             h.native_id
             for h in handles
-            if (r := reports.get(h.job_id)) is not None and NEVER_SATISFIED in r.native_status
+            if (r := reports.get(h.job_id)) is not None
+            and r.status == Status.ERROR
+            and NEVER_SATISFIED in r.native_status
         ]
         if doomed:
             self.run(["scancel", *doomed])
         return reports
 
+    def _ask_accounting(
+        self,
+        singles: list[str],
+        arrays: list[ArrayPoll],
+        by_native: Mapping[str, JobHandle],
+        reports: dict[int, NativeReport],
+    ) -> None:
+        """The one accounting call of a poll. slurmdbd's ``sacct`` knows array tasks as
+        ``<array>_<task>``; ``sacct -c`` (jobcomp) only by each task's own job id, which the
+        queue showed while the task ran or the task wrote into ``tasks/<task>.jobid``."""
+        by_raw: dict[str, list[tuple[ArrayPoll, str]]] = {}
+        ids = list(singles)
+        if self.accounting == "jobcomp":
+            for array in arrays:
+                folder = attempt_folder(
+                    self.remote_workspace(array.handle.workspace), array.handle.attempt
+                )
+                for task, raw in array.need.items():
+                    if not raw:
+                        text = (self.runner.read_text(f"{folder}/tasks/{task}.jobid") or "").strip()
+                        # No file: the task never started; the array's own record (the tasks
+                        # not yet split off it) answers for it.
+                        raw = text if text.isdigit() else array.handle.native_id
+                    by_raw.setdefault(raw, []).append((array, task))
+            ids += [raw for raw in by_raw if raw not in ids]
+        else:
+            ids += [a.handle.native_id for a in arrays if a.handle.native_id not in ids]
+        command = self.accounting_command(ids)
+        if command is None:
+            return
+        records = self.parse_accounting_lines(self.run(command))
+        arrays_by_id = {a.handle.native_id: a for a in arrays}
+        for job_field, fields in records.items():
+            reason = fields[3] if len(fields) > 3 else ""
+            targets = by_raw.get(job_field, [])
+            if job_field in singles and not targets:
+                handle = by_native[job_field]
+                report = map_state(handle.job_id, fields[1], reason, fields[2])
+                if report.status is not None:
+                    reports[handle.job_id] = report
+                continue
+            job, tasks = split_array_id(job_field)
+            if not targets and job in arrays_by_id and tasks != [None]:
+                targets = [(arrays_by_id[job], str(t)) for t in tasks]
+            for array, task in targets:
+                if task not in array.need:
+                    continue
+                report = map_state(array.handle.job_id, fields[1], reason, fields[2])
+                if report.status is not None:
+                    raw = job_field if job_field.isdigit() else array.need[task]
+                    array.now[task] = task_record(report, raw)
+                    array.answered.add(task)
+                    array.heard = True
+
     def find_submissions(self, specs: Sequence[JobSpec]) -> dict[str, str]:
         """One ``squeue`` over this user's jobs (every state Slurm still remembers), then the
         ``jobid`` file each job writes when it starts, for jobs Slurm has forgotten."""
-        result = self.run(["squeue", "--noheader", "--me", "--states=all", "--format=%i|%k|%o"])
+        # %F: the array's id for an array's tasks, the job's own id otherwise.
+        result = self.run(["squeue", "--noheader", "--me", "--states=all", "--format=%F|%k|%o"])
         self.check_result(result, "squeue")
         # Key and script path together: job ids restart in another offload database (a test
         # run, a second portal), script paths are unique to one attempt of one job.
@@ -488,16 +725,16 @@ class SlurmEngine(BatchSchedulerEngine):
         return found
 
     # -- control --------------------------------------------------------------------------------
+    def _queue_states(self, handle: JobHandle) -> set[str]:
+        """The Slurm states of the job (of each of an array's tasks) still in the queue."""
+        lines = self.parse_queue(self.run(self.status_command([handle.native_id])))
+        return {line.state for line in lines if line.job == handle.native_id}
+
     def _queue_state(self, handle: JobHandle) -> tuple[str, str]:
-        result = self.run(self.status_command([handle.native_id]))
-        if result.returncode != 0 and "Invalid job id" in result.stderr:
-            return "", ""
-        self.check_result(result, "squeue")
-        for line in result.stdout.splitlines():
-            native_id, _, rest = line.strip().partition("|")
-            if native_id == handle.native_id:
-                state, _, reason = rest.partition("|")
-                return state, reason
+        lines = self.parse_queue(self.run(self.status_command([handle.native_id])))
+        for line in lines:
+            if line.job == handle.native_id:
+                return line.state, line.reason
         return "", ""
 
     def cancel_command(self, native_id: str) -> list[str]:
@@ -514,16 +751,33 @@ class SlurmEngine(BatchSchedulerEngine):
             return  # it ended on its own first
         self.check_result(result, "scancel")
 
-    def _control(self, handle: JobHandle, action: str) -> None:
+    def _control(self, handle: JobHandle, action: str, partial: bool = False) -> None:
+        """``scontrol <action>`` on the job (on all of an array's tasks). ``partial``: the tasks
+        it does not apply to (suspending pending tasks, say) are not an error."""
         result = self.run(["scontrol", action, handle.native_id])
-        if result.returncode != 0 and "Unable to contact" not in result.stderr:
-            raise JobStateError(
-                f"Slurm refused to {action} job {handle.native_id}: {result.stderr.strip()}"
-            )
+        text = result.stderr.strip()
+        if result.returncode != 0 and "Unable to contact" not in text:
+            applied = [ln for ln in text.splitlines() if "No error" in ln]
+            if partial and applied:
+                return
+            raise JobStateError(f"Slurm refused to {action} job {handle.native_id}: {text}")
         self.check_result(result, f"scontrol {action}")
 
     def pause(self, handle: JobHandle) -> None:
-        """A queued job is held; a running one suspended (suspend needs Slurm operator rights)."""
+        """A queued job is held; a running one suspended (suspend needs Slurm operator rights).
+        An array: its queued tasks held and its running ones suspended."""
+        if handle.state.get("array"):
+            states = self._queue_states(handle)
+            if not states & {"PENDING", "RUNNING"}:
+                raise JobStateError(
+                    f"job {handle.job_id} has no queued or running task in Slurm, so it cannot be "
+                    "paused"
+                )
+            if "PENDING" in states:
+                self._control(handle, "hold")
+            if "RUNNING" in states:
+                self._control(handle, "suspend", partial=True)
+            return
         state, _ = self._queue_state(handle)
         if state == "PENDING":
             self._control(handle, "hold")
@@ -536,6 +790,18 @@ class SlurmEngine(BatchSchedulerEngine):
             )
 
     def resume(self, handle: JobHandle) -> None:
+        if handle.state.get("array"):
+            states = self._queue_states(handle)
+            if not states & {"PENDING", "SUSPENDED"}:
+                raise JobStateError(
+                    f"job {handle.job_id} has no held or suspended task in Slurm, so it cannot "
+                    "be resumed"
+                )
+            if "PENDING" in states:
+                self._control(handle, "release", partial=True)
+            if "SUSPENDED" in states:
+                self._control(handle, "resume", partial=True)
+            return
         state, _ = self._queue_state(handle)
         if state == "PENDING":
             self._control(handle, "release")
@@ -548,12 +814,26 @@ class SlurmEngine(BatchSchedulerEngine):
             )
 
     def get_logs(self, handle: JobHandle) -> dict[str, str]:
+        """``stdout``/``stderr``; for an array ``stdout-<array>_<task>`` … for each task that
+        has started (the file names without ``.log``, as the web pages name them)."""
         folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        names = ["stdout", "stderr"]
+        if handle.state.get("array"):
+            tasks = handle.state.get("tasks")
+            started = sorted(
+                (
+                    t
+                    for t, r in (tasks if isinstance(tasks, dict) else {}).items()
+                    if isinstance(r, dict)
+                    and str(r.get("native_status", "")).split(" ")[0] not in ("PENDING", "")
+                ),
+                key=int,
+            )
+            names = [f"{stream}-{handle.native_id}_{task}" for task in started for stream in names]
         logs: dict[str, str] = {}
-        for name in ("stdout", "stderr"):
+        for name in names:
             text = self.runner.read_text(f"{folder}/{name}.log")
-            text = text or ""
-            logs[name] = text[-LOG_LIMIT:]
+            logs[name] = (text or "")[-LOG_LIMIT:]
         return logs
 
     def cleanup(self, handle: JobHandle) -> None:

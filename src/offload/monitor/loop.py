@@ -27,7 +27,7 @@ from offload import status as rules
 from offload import store
 from offload.conf import OffloadSettings, get_settings
 from offload.engines import Engine, JobSpec, engine_class
-from offload.engines.base import parse_dependencies
+from offload.engines.base import SubmitResult, parse_dependencies
 from offload.errors import (
     EngineUnavailableError,
     InvalidJobError,
@@ -42,6 +42,11 @@ from offload.status import Status
 log = logging.getLogger("offload.monitor")
 
 SUBMIT_ACTIONS = (IntentAction.EXECUTE, IntentAction.RESUBMIT)
+
+#: The test hook of docs/development.md: ``OFFLOAD_FAULT=kill-after-submit`` makes a monitor kill
+#: itself (SIGKILL) once a batch is submitted and before anything about it is written down.
+FAULT_KILL_AFTER_SUBMIT = "kill-after-submit"
+FAULTS = (FAULT_KILL_AFTER_SUBMIT,)
 
 
 @dataclass
@@ -67,6 +72,10 @@ class Monitor:
         self._poll_soon: set[str] = set()
         self._next_try: dict[str, float] = {}
         self.claim_limit = 100
+        self.fault = os.environ.get("OFFLOAD_FAULT", "")  # a test hook, read once
+        if self.fault and self.fault not in FAULTS:
+            log.warning("OFFLOAD_FAULT=%r is not a known fault; ignored", self.fault)
+            self.fault = ""
 
     # -- engines --------------------------------------------------------------------------------
     def engine_for(self, job: Job) -> tuple[str, Engine]:
@@ -245,11 +254,23 @@ class Monitor:
                     store.retry_intent(intent, f"{type(exc).__name__}: {exc}")
                 stats.errors.append(f"{key}: {exc}")
                 continue
+            if self.fault == FAULT_KILL_AFTER_SUBMIT and any(r.native_id for r in results):
+                self._die_after_submit(results)
             for intent, result in zip(batch, results, strict=True):
                 store.record_submission(intent.job, intent, result)
                 if result.native_id:
                     stats.submitted += 1
             self._poll_soon.add(key)
+
+    def _die_after_submit(self, results: list[SubmitResult]) -> None:
+        """The crash the tests need: the scheduler has the jobs, the database does not know."""
+        ids = ", ".join(r.native_id for r in results if r.native_id)
+        log.critical(
+            "OFFLOAD_FAULT=%s: killing monitor %s after submitting %s", self.fault, self.name, ids
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def carry_out(self, intent: JobIntent, stats: CycleStats) -> None:
         job = intent.job
@@ -261,13 +282,28 @@ class Monitor:
                 store.finish_intent(intent, "poll requested")
                 return
             if action == IntentAction.RESULTS:
-                if (
-                    job.attempt != intent.attempt
-                    or Status(job._status) not in rules.RESULTS_PENDING
+                pending = Status(job._status) in rules.RESULTS_PENDING
+                stage_only = bool((intent.payload or {}).get(store.STAGE_OUT_ONLY))
+                if job.attempt != intent.attempt or not (
+                    pending or (stage_only and rules.is_final(Status(job._status)))
                 ):
                     store.finish_intent(intent, "superseded")
                     return
-                store.run_results(job, intent)
+                # A remote cluster's files come back first, so result processing sees them; a
+                # copy that fails is retried and never makes the job an Error.
+                engine = self._engine_if_it_stages(job)
+                if engine is not None:
+                    try:
+                        copied = engine.stage_out(job.handle())
+                    except OffloadError as exc:
+                        store.stage_out_failed(job, intent, str(exc))
+                        stats.errors.append(f"job {job.pk} stage out: {exc}")
+                        return
+                    store.record_stage_out(job, copied)
+                if pending:
+                    store.run_results(job, intent)
+                else:
+                    store.finish_intent(intent, "files copied back")
                 return
             key, engine = self.engine_for(job)
             handle = job.handle()
@@ -309,6 +345,16 @@ class Monitor:
             log.exception("job %s: %s failed", job.pk, action)
             store.retry_intent(intent, f"{type(exc).__name__}: {exc}")
             stats.errors.append(f"job {job.pk} {action}: {exc}")
+
+    def _engine_if_it_stages(self, job: Job) -> Engine | None:
+        """The job's engine when its files must be copied back from a remote workspace. An
+        engine that cannot even be built does not hold up result processing (it is logged)."""
+        try:
+            _, engine = self.engine_for(job)
+        except Exception:
+            log.exception("job %s: no engine to copy its files back with", job.pk)
+            return None
+        return engine if engine.needs_stage_out() else None
 
     # -- polling --------------------------------------------------------------------------------
     def _active_jobs(self) -> Any:
@@ -391,9 +437,16 @@ class Monitor:
             stats.errors.append(f"{key}: {reason}")
             return
         self._next_try.pop(key, None)
+        before = {job_id: job._status for job_id, job in jobs.items()}
         counts = store.apply_reports(
             jobs, reports, last_contact=store.last_poll_success(f"poll:{key}")
         )
+        if engine.needs_stage_out():
+            # Jobs that just ended with no result processing to run (which stages them itself).
+            for job_id, job in jobs.items():
+                now = Status(job._status)
+                if before[job_id] != job._status and now in rules.FINAL:
+                    store.request_stage_out(job)
         store.record_poll_success(f"poll:{key}")
         stats.changed += counts["changed"]
         stats.stale += counts["stale"]

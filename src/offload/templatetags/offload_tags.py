@@ -4,10 +4,12 @@ JobsTable gizmo. See docs/web.md for the options."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django import template
 from django.template import TemplateDoesNotExist
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from offload.web import jobs_table as table
@@ -36,13 +38,35 @@ def jobs_table(context: template.Context, jobs: Any, **options: Any) -> SafeStri
     """Render a jobs table. Bad options raise InvalidJobError naming the option."""
     from offload.web.views import BADGE_CLASSES
 
-    built = table.build(table.make_options(jobs, **options), BADGE_CLASSES)
     request = context.get("request")
+    made = table.make_options(jobs, **options)
+    if made.user is None and request is not None and hasattr(request, "user"):
+        from offload.web import access
+
+        made = dataclasses.replace(
+            made,
+            user=request.user,
+            anonymous_jobs=tuple(made.anonymous_jobs or access.anonymous_jobs_of(request)),
+        )
+    built = table.build(made, BADGE_CLASSES)
     if not built["options"].next_url and request is not None:
         built["next_url"] = request.get_full_path()
     else:
         built["next_url"] = built["options"].next_url
     built["badge_classes"] = BADGE_CLASSES
+    token = context.get("csrf_token")
+    csrf_input = (
+        format_html('<input type="hidden" name="csrfmiddlewaretoken" value="{}">', token)
+        if token and str(token) != "NOTPROVIDED"
+        else ""
+    )
+    built["rows"] = [
+        dataclasses.replace(
+            row,
+            actions_html=table.actions_html(row.actions, row.job.pk, csrf_input, built["next_url"]),
+        )
+        for row in built["rows"]
+    ]
     # Ids unique on the page; the first table also brings the styles and the #live-state line.
     count = int(context.render_context.get(_COUNTER) or 0) + 1
     context.render_context[_COUNTER] = count

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -40,6 +40,23 @@ class CommandRunner(abc.ABC):
     @abc.abstractmethod
     def read_text(self, path: str, limit: int | None = None) -> str | None:
         """Read a file where the commands run; None if it does not exist."""
+
+    def download_tree(
+        self, remote_folder: str, local_folder: str, skip: Callable[[str], bool] | None = None
+    ) -> list[str]:
+        """Copy the regular files below ``remote_folder`` (where the commands run) into
+        ``local_folder`` (here), keeping their relative paths and times; files whose size and
+        modification time already match are left alone, symbolic links are never followed.
+        ``skip(relative_path)`` leaves out files and folders. Returns the relative paths copied;
+        a folder that does not exist copies nothing. Raises ``EngineUnavailableError`` when a
+        transfer fails (it can be tried again)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot copy folders")
+
+    def upload_tree(
+        self, local_folder: str, remote_folder: str, skip: Callable[[str], bool] | None = None
+    ) -> list[str]:
+        """The other way: files below ``local_folder`` (here) into ``remote_folder``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot copy folders")
 
     def close(self) -> None:
         """Release the connection, if any."""

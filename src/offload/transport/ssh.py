@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import shlex
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ import asyncssh
 
 from offload.errors import ConfigurationError, EngineUnavailableError
 from offload.transport.base import CommandResult, CommandRunner
+from offload.transport.local import FileStamp, local_files, local_target
 
 T = TypeVar("T")
 
@@ -340,6 +342,113 @@ class SSHRunner(CommandRunner):
 
         result: str | None = self._call(
             self._with_connection(f"reading {path}", action, retry=True), 60.0
+        )
+        return result
+
+    # -- folders over SFTP (staging) ---------------------------------------------------------
+    async def _remote_files(
+        self, sftp: asyncssh.SFTPClient, folder: str, skip: Callable[[str], bool] | None
+    ) -> dict[str, FileStamp]:
+        """Relative path → (size, mtime) of the regular files below a remote folder; symbolic
+        links are not followed (nothing outside it is read)."""
+        found: dict[str, FileStamp] = {}
+
+        async def walk(relative: str) -> None:
+            where = f"{folder}/{relative}" if relative else folder
+            try:
+                entries = [entry async for entry in sftp.scandir(where)]
+            except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
+                return
+            for entry in entries:
+                name = str(entry.filename)
+                if name in (".", "..") or "/" in name:
+                    continue
+                path = f"{relative}/{name}" if relative else name
+                if skip is not None and skip(path):
+                    continue
+                mode = entry.attrs.permissions or 0
+                if stat.S_ISDIR(mode):
+                    await walk(path)
+                elif stat.S_ISREG(mode):
+                    found[path] = (int(entry.attrs.size or 0), int(entry.attrs.mtime or 0))
+
+        await walk("")
+        return found
+
+    def download_tree(
+        self, remote_folder: str, local_folder: str, skip: Callable[[str], bool] | None = None
+    ) -> list[str]:
+        remote_root = remote_folder.rstrip("/")
+
+        async def action(conn: asyncssh.SSHClientConnection) -> list[str]:
+            sftp = await self._sftp_client(conn)
+            copied: list[str] = []
+            try:
+                wanted = await self._remote_files(sftp, remote_root, skip)
+                have = local_files(local_folder, skip)
+                for relative, stamp in sorted(wanted.items()):
+                    if have.get(relative) == stamp:
+                        continue
+                    target = local_target(local_folder, relative)
+                    tmp = target.with_name(f".{target.name}.part")
+                    await sftp.get(f"{remote_root}/{relative}", str(tmp), preserve=True)
+                    tmp.replace(target)
+                    copied.append(relative)
+            except asyncssh.SFTPError as exc:
+                raise EngineUnavailableError(
+                    f"copying {remote_root} from {self.target} failed after {len(copied)} "
+                    f"file(s): {exc.reason}"
+                ) from None
+            except OSError as exc:
+                raise EngineUnavailableError(
+                    f"copying {remote_root} from {self.target} into {local_folder} failed: {exc}"
+                ) from None
+            return copied
+
+        result: list[str] = self._call(
+            self._with_connection(f"copying {remote_root}", action, retry=True), 600.0
+        )
+        return result
+
+    def upload_tree(
+        self, local_folder: str, remote_folder: str, skip: Callable[[str], bool] | None = None
+    ) -> list[str]:
+        remote_root = remote_folder.rstrip("/")
+
+        async def action(conn: asyncssh.SSHClientConnection) -> list[str]:
+            sftp = await self._sftp_client(conn)
+            copied: list[str] = []
+            try:
+                wanted = local_files(local_folder, skip)
+                if not wanted:
+                    return copied
+                have = await self._remote_files(sftp, remote_root, skip)
+                folders: set[str] = set()
+                for relative, stamp in sorted(wanted.items()):
+                    if have.get(relative) == stamp:
+                        continue
+                    target = f"{remote_root}/{relative}"
+                    parent, _, name = target.rpartition("/")
+                    if parent not in folders:
+                        await sftp.makedirs(parent, exist_ok=True)
+                        folders.add(parent)
+                    tmp = f"{parent}/.{name}.part"
+                    await sftp.put(f"{local_folder.rstrip('/')}/{relative}", tmp, preserve=True)
+                    await sftp.posix_rename(tmp, target)
+                    copied.append(relative)
+            except asyncssh.SFTPError as exc:
+                raise EngineUnavailableError(
+                    f"copying {local_folder} to {self.target}:{remote_root} failed after "
+                    f"{len(copied)} file(s): {exc.reason}"
+                ) from None
+            except OSError as exc:
+                raise EngineUnavailableError(
+                    f"copying {local_folder} to {self.target}:{remote_root} failed: {exc}"
+                ) from None
+            return copied
+
+        result: list[str] = self._call(
+            self._with_connection(f"copying {local_folder}", action, retry=True), 600.0
         )
         return result
 

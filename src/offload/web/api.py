@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -34,7 +35,7 @@ from offload.errors import (
 )
 from offload.manager import get_job_manager, resolve_job_class
 from offload.models import JOB_TYPES, EventSource, Job, JobEvent, Scheduler, SchedulerType
-from offload.web import access, listing
+from offload.web import access, listing, push
 
 #: Largest id a path or query may name (a signed 64-bit integer, the column's range).
 MAX_ID = 2**63 - 1
@@ -93,6 +94,8 @@ api = NinjaAPI(
     urls_namespace="offload:api",
     auth=[TokenAuth(), SessionCookieAuth()],
 )
+# POST /push: many pushed status changes at once (offload.web.push), with this API's auth.
+api.add_router("", push.router)
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -480,8 +483,17 @@ def get_job(request: HttpRequest, job_id: int = JobId) -> dict[str, Any]:
     return job_out(_job(request, job_id))
 
 
-def _act(request: HttpRequest, job_id: int, action: str) -> dict[str, Any]:
+def _job_to_act_on(request: HttpRequest, job_id: int) -> Job:
+    """The job if the caller may act on it; 404 if they may not see it, 403 if they may only
+    see it (a group it is shared with view-only)."""
     job = _job(request, job_id)
+    if not access.may_act(_user(request), job):
+        raise Forbidden(f"job {job.pk} is shared with you to view only; you may not act on it")
+    return job
+
+
+def _act(request: HttpRequest, job_id: int, action: str) -> dict[str, Any]:
+    job = _job_to_act_on(request, job_id)
     actor = _actor(request)
     if action == "execute":
         store.execute(job, source=EventSource.USER, actor=actor)
@@ -496,7 +508,7 @@ def _act(request: HttpRequest, job_id: int, action: str) -> dict[str, Any]:
     return job_out(_job(request, job_id))
 
 
-ACTION_RESPONSES = {200: JobOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
+ACTION_RESPONSES = {200: JobOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
 
 
 @api.post("/jobs/{job_id}/execute", response=ACTION_RESPONSES, tags=["actions"])
@@ -527,10 +539,10 @@ def resubmit_job(request: HttpRequest, job_id: int = JobId) -> dict[str, Any]:
     return _act(request, job_id, "resubmit")
 
 
-@api.delete("/jobs/{job_id}", response={204: None, 404: ErrorOut}, tags=["actions"])
+@api.delete("/jobs/{job_id}", response={204: None, 403: ErrorOut, 404: ErrorOut}, tags=["actions"])
 def delete_job(request: HttpRequest, job_id: int = JobId) -> Reply[None]:
     """Hide the job now; a monitor stops it and removes its files."""
-    job = _job(request, job_id)
+    job = _job_to_act_on(request, job_id)
     store.delete(job, actor=_actor(request))
     return Reply(204, None)
 
@@ -561,6 +573,57 @@ def job_events(
     job = _job(request, job_id)
     events = JobEvent.objects.filter(job_id=job.pk, id__gt=since).order_by("id")[:limit]
     return [event_out(event) for event in events]
+
+
+# -- result files -----------------------------------------------------------------------------------
+class FileOut(Schema):
+    path: str = Field(..., description="relative to the job's workspace")
+    size: int
+    modified: datetime.datetime
+    url: str = Field(..., description="where to download it (GET, with Range support)")
+
+
+class FilesOut(Schema):
+    files: list[FileOut]
+    more: int = Field(..., description="files found but not listed (over the limit)")
+    problem: str = Field(..., description="why there are no files, if there are none")
+
+
+@api.get("/jobs/{job_id}/files", response={200: FilesOut, 404: ErrorOut}, tags=["files"])
+def job_files(request: HttpRequest, job_id: int = JobId) -> dict[str, Any]:
+    """The regular files in the job's workspace (without the engines' ``.offload`` folder; a
+    symlink that leads out of the workspace is left out)."""
+    from offload.web import files
+
+    job = _job(request, job_id)
+    found = files.list_files(job)
+    base = request.build_absolute_uri(f"{request.path.rstrip('/')}/")
+    return {
+        "files": [
+            {"path": f.path, "size": f.size, "modified": f.modified, "url": base + quote(f.path)}
+            for f in found.files
+        ],
+        "more": found.more,
+        "problem": found.problem,
+    }
+
+
+@api.api_operation(
+    ["GET", "HEAD"],
+    "/jobs/{job_id}/files/{path:path}",
+    response={200: None, 206: None, 404: ErrorOut, 416: None},
+    tags=["files"],
+    summary="Download a result file",
+)
+def download_job_file(request: HttpRequest, path: str, job_id: int = JobId) -> HttpResponse:
+    """The file's bytes, streamed. ``Range: bytes=first-last`` (or ``first-``, or ``-suffix``)
+    answers 206 with ``Content-Range``; a range past the end answers 416; ``If-Range`` with the
+    ETag or date sent earlier is honoured. A path leaving the workspace is a 404."""
+    from offload.web import files
+
+    job = _job(request, job_id)
+    real = files.result_file(job, path)
+    return files.download_response(request, real, filename=path.rsplit("/", 1)[-1])
 
 
 # -- schedulers (staff only) ------------------------------------------------------------------------

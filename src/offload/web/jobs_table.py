@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import html
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 
 from offload.errors import InvalidJobError
 from offload.models import IntentAction, Job, JobEvent, JobIntent, Scheduler
@@ -72,6 +74,8 @@ _TERMINAL = frozenset(
     }
 )
 _KNOWN = frozenset(Status) - {Status.OTHER}
+#: The terminal statuses (nothing runs any more).
+TERMINAL = _TERMINAL
 
 #: Status codes in which each built-in action is enabled (as in Tethys). The browser uses the
 #: same sets to enable and disable buttons when a status arrives on the live stream.
@@ -207,6 +211,10 @@ class Row:
     actions: list[Action]
     detail_url: str = ""
     status_code: str = ""
+    #: The sub-jobs' progress bar or the workflow's DAG (``show_detailed_status``).
+    detailed: Any = None
+    #: The actions cell's markup (:func:`actions_html`), filled in by the template tag.
+    actions_html: str = ""
 
 
 @dataclasses.dataclass
@@ -239,7 +247,14 @@ class JobsTable:
     #: Where a POST action returns to (default: the current page).
     next_url: str = ""
     caption: str = ""
-    show_detailed_status: bool = False  # accepted for Tethys compatibility; not drawn yet
+    #: Various jobs: a progress bar of their tasks' statuses; workflows: their DAG, coloured by
+    #: node status (from the engine state the monitor stored).
+    show_detailed_status: bool = False
+    #: Who looks at the table: actions on jobs they may only view are not offered. The tag takes
+    #: it from the request when not given; None shows every action (the POST views still check).
+    user: Any = None
+    #: An anonymous visitor's session jobs (:func:`offload.web.access.anonymous_jobs_of`).
+    anonymous_jobs: tuple[int, ...] = ()
 
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(JobsTable)) - {"jobs"}
@@ -412,8 +427,32 @@ def _can_pause(job: Job, scheduler_types: Mapping[int, str]) -> bool:
         return False
 
 
+#: An id no job has, reversed once per URL name and then replaced by each row's id (a reverse()
+#: per action and row was a third of the table's build time).
+_SENTINEL_ID = 987_654_321_987
+
+
+class _JobUrls:
+    """``reverse(name, kwargs={"job_id": id})`` for many ids, reversing each name once."""
+
+    def __init__(self) -> None:
+        self._patterns: dict[str, tuple[str, ...]] = {}
+
+    def __call__(self, name: str, job_id: int) -> str:
+        parts = self._patterns.get(name)
+        if parts is None:
+            parts = tuple(reverse(name, kwargs={"job_id": _SENTINEL_ID}).split(str(_SENTINEL_ID)))
+            self._patterns[name] = parts
+        return str(job_id).join(parts)
+
+
 def _builtin(
-    name: str, job: Job, options: JobsTable, can_pause: bool, detail: Callable[[int], str]
+    name: str,
+    job: Job,
+    options: JobsTable,
+    can_pause: bool,
+    detail: Callable[[int], str],
+    job_url: Callable[[str, int], str] = lambda name, pk: reverse(name, kwargs={"job_id": pk}),
 ) -> Action:
     enabled = is_enabled(name, job)
     when: str | None = _codes(ENABLED_WHEN[name])
@@ -423,7 +462,7 @@ def _builtin(
         when = None  # a custom status: the server's answer stands
     if name in POST_ACTIONS:
         try:
-            url = reverse(POST_ACTIONS[name], kwargs={"job_id": job.pk})
+            url = job_url(POST_ACTIONS[name], job.pk)
         except NoReverseMatch:
             return Action(name, LABELS[name], False, "post", enabled_when=None)
         confirm = _confirm(CONFIRMATIONS[name], job) if name in CONFIRMATIONS else ""
@@ -497,6 +536,55 @@ def _tidy_separators(actions: list[Action]) -> None:
         actions[last_sep] = dataclasses.replace(actions[last_sep], enabled=False)
 
 
+def actions_html(actions: Sequence[Action], job_id: int, csrf_input: str, next_url: str) -> str:
+    """The markup of a row's actions, built in Python: the same for every row but the values, and
+    rendering it through the template language cost more than the rest of the table together.
+    ``csrf_input`` is markup (the tag makes it); every other value is escaped here."""
+    out: list[str] = []
+    pk = str(int(job_id))
+    nxt = _esc(next_url)
+    for action in actions:
+        danger = " danger" if action.danger else ""
+        when = (
+            f' data-enabled-when="{_esc(action.enabled_when)}"'
+            if action.enabled_when is not None
+            else ""
+        )
+        confirm = f' data-confirm="{_esc(action.confirm)}"' if action.confirm else ""
+        label = _esc(action.label)
+        if action.kind == "separator":
+            out.append(
+                f'<span class="sep" aria-hidden="true"{"" if action.enabled else " hidden"}></span>'
+            )
+        elif action.kind == "post":
+            out.append(
+                f'<form method="post" action="{_esc(action.url)}"{confirm}>{csrf_input}'
+                f'<input type="hidden" name="next" value="{nxt}"><button type="submit" '
+                f'class="act{danger}" data-action="{_esc(action.name)}"{when} '
+                f'aria-label="{label} job {pk}"{"" if action.enabled else " disabled"}>{label}'
+                "</button></form>"
+            )
+        elif action.kind == "link":
+            off = "" if action.enabled else ' aria-disabled="true" tabindex="-1"'
+            out.append(
+                f'<a class="act{danger}{"" if action.enabled else " disabled"}" '
+                f'href="{_esc(action.url)}" data-action="{_esc(action.name)}"{when}{confirm} '
+                f'aria-label="{label} of job {pk}"{off}>{label}</a>'
+            )
+        else:
+            out.append(
+                f'<button type="button" class="act{danger}" data-action="custom" '
+                f'data-callback="{_esc(action.callback)}" data-job="{pk}"{confirm} '
+                f'aria-label="{label} job {pk}"{"" if action.enabled else " disabled"}>{label}'
+                "</button>"
+            )
+    return mark_safe("\n".join(out))  # noqa: S308 (every value above is escaped)
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
 # -- the table --------------------------------------------------------------------------------------
 def _sorted_jobs(options: JobsTable) -> list[Job]:
     jobs = options.jobs
@@ -565,6 +653,36 @@ def _scheduler_types(jobs: list[Job]) -> dict[int, str]:
     return types
 
 
+def _detailed(jobs: list[Job]) -> dict[int, Any]:
+    """Each job's bar or DAG; engine states not loaded with the jobs (a deferred field) come in
+    ONE query, for the jobs that can have one (Various, Various-Complete, workflows)."""
+    from offload.web import detailed_status
+
+    wanted = [
+        job
+        for job in jobs
+        if Status(job._status) in detailed_status.BAR_STATUSES
+        or job.job_type in WORKFLOW_TYPES
+        or "engine_state" not in job.get_deferred_fields()
+    ]
+    missing = [job.pk for job in wanted if "engine_state" in job.get_deferred_fields()]
+    states: dict[int, Any] = {}
+    if missing:
+        states = dict(Job.objects.filter(pk__in=missing).values_list("pk", "engine_state"))
+    found: dict[int, Any] = {}
+    for job in wanted:
+        # Not states.get(pk, job.engine_state): that would load a deferred field (a query).
+        state = states[job.pk] if job.pk in states else job.engine_state  # noqa: SIM401
+        drawn = detailed_status.for_job(job, in_table=True, state=state)
+        if drawn is not None:
+            found[job.pk] = drawn
+    return found
+
+
+#: Job types whose DAG the table draws whatever their status.
+WORKFLOW_TYPES = frozenset({"CONDORWORKFLOW"})
+
+
 def build(options: JobsTable, badge_classes: Mapping[str, str]) -> dict[str, Any]:
     """The template context of ``offload/jobs_table.html``."""
     jobs = _sorted_jobs(options)
@@ -576,10 +694,18 @@ def build(options: JobsTable, badge_classes: Mapping[str, str]) -> dict[str, Any
     except NoReverseMatch:
         has_pages = False
 
+    job_url = _JobUrls()
+
     def detail(job_id: int) -> str:
-        return reverse("offload:job_detail", kwargs={"job_id": job_id}) if has_pages else ""
+        return job_url("offload:job_detail", job_id) if has_pages else ""
 
     pending = _open_intents([job.pk for job in jobs]) if options.show_status else {}
+    actable: set[int] | None = None
+    if actions and options.user is not None:
+        from offload.web.access import actable_job_ids
+
+        actable = actable_job_ids(options.user, jobs, anonymous_jobs=options.anonymous_jobs)
+    detailed = _detailed(jobs) if options.show_detailed_status else {}
     wants_pause = any(a in ("pause", "resume") for a in actions)
     scheduler_types = _scheduler_types(jobs) if wants_pause else {}
     rows = []
@@ -587,7 +713,7 @@ def build(options: JobsTable, badge_classes: Mapping[str, str]) -> dict[str, Any
         status = Status(job._status)
         row_actions: list[Action] = []
         can_pause = wants_pause and _can_pause(job, scheduler_types)
-        for item in actions:
+        for item in actions if actable is None or job.pk in actable else ():
             if item == SEPARATOR:
                 row_actions.append(Action("separator", "", False, "separator"))
             elif isinstance(item, CustomJobAction):
@@ -595,7 +721,7 @@ def build(options: JobsTable, badge_classes: Mapping[str, str]) -> dict[str, Any
                 if custom is not None:
                     row_actions.append(custom)
             else:
-                row_actions.append(_builtin(item, job, options, can_pause, detail))
+                row_actions.append(_builtin(item, job, options, can_pause, detail, job_url))
         _tidy_separators(row_actions)
         intent = pending.get(job.pk, "")
         label, until = PENDING_INTENTS.get(intent, ("", frozenset()))
@@ -609,6 +735,7 @@ def build(options: JobsTable, badge_classes: Mapping[str, str]) -> dict[str, Any
                 actions=row_actions,
                 detail_url=detail(job.pk) if options.detail_links else "",
                 status_code=job._status,
+                detailed=detailed.get(job.pk),
             )
         )
     stream_url = ""

@@ -3,7 +3,7 @@ the first page of 100,000 jobs costs what the first page of 10 does: a count and
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import BigIntegerField, ExpressionWrapper, F, QuerySet
 
 from offload.errors import InvalidJobError
 from offload.models import Job
@@ -79,3 +79,11 @@ def filter_jobs(
             raise InvalidJobError("q", f"longer than {MAX_SEARCH} characters")
         qs = qs.filter(name__icontains=no_nul(q, "q"))
     return qs.order_by(*order_for(sort))
+
+
+def matches_first(qs: QuerySet[Job], *, descending: bool) -> QuerySet[Job]:
+    """``qs`` in id order through an expression (``id + 0``), so the database cannot walk the
+    primary key to sort: it finds the matching rows first (by the name's trigram index), then sorts
+    them. Right when few rows match; when most do, the plain id order finds a page sooner."""
+    key = ExpressionWrapper(F("id") + 0, output_field=BigIntegerField())
+    return qs.order_by(key.desc() if descending else key.asc())

@@ -52,12 +52,15 @@ def _release_connection() -> None:
         connection.close()
 
 
-def _authenticate(request: HttpRequest) -> Any | None:
+def _authenticate(request: HttpRequest) -> tuple[Any | None, list[int]]:
+    """The caller, and for an anonymous visitor where an app opts in, their session's jobs."""
     token = access.bearer_token(request)
     if token is not None:
-        return access.user_for_token(token)
+        return access.user_for_token(token), []
     user = request.user
-    return user if access.is_signed_in(user) else None
+    if access.is_signed_in(user):
+        return user, []
+    return user, access.anonymous_jobs_of(request)
 
 
 def _start_after(request: HttpRequest) -> int | None:
@@ -94,11 +97,12 @@ def _latest_id() -> int:
         _release_connection()
 
 
-def _events_after(user: Any, last: int) -> list[dict[str, Any]]:
+def _events_after(user: Any, last: int, anonymous_jobs: list[int]) -> list[dict[str, Any]]:
     try:
         qs = JobEvent.objects.filter(id__gt=last).order_by("id")
         if not access.can_manage_all(user):
-            qs = qs.filter(job__in=access.visible_jobs(user).values("pk"))
+            visible = access.visible_jobs(user, anonymous_jobs=anonymous_jobs)
+            qs = qs.filter(job__in=visible.values("pk"))
         else:
             qs = qs.filter(job__deleted_at__isnull=True)
         return [event_data(event) for event in qs[:BATCH]]
@@ -110,13 +114,13 @@ def format_event(data: dict[str, Any]) -> bytes:
     return f"id: {data['id']}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _stream(user: Any, after: int | None) -> AsyncIterator[bytes]:
+async def _stream(user: Any, after: int | None, anonymous_jobs: list[int]) -> AsyncIterator[bytes]:
     started = time.monotonic()
     last = after if after is not None else await sync_to_async(_latest_id)()
     yield f"retry: {RETRY_MS}\n: offload events after {last}\n\n".encode()
     quiet_since = time.monotonic()
     while time.monotonic() - started < MAX_SECONDS:
-        events = await sync_to_async(_events_after)(user, last)
+        events = await sync_to_async(_events_after)(user, last, anonymous_jobs)
         if events:
             last = events[-1]["id"]
             yield b"".join(format_event(data) for data in events)
@@ -135,8 +139,8 @@ async def events_stream(request: HttpRequest) -> HttpResponseBase:
         refused = JsonResponse({"detail": "use GET"}, status=405)
         refused["Allow"] = "GET, HEAD"
         return refused
-    user = await sync_to_async(_authenticate)(request)
-    if user is None:
+    user, anonymous_jobs = await sync_to_async(_authenticate)(request)
+    if user is None or (not access.is_signed_in(user) and not anonymous_jobs):
         return JsonResponse({"detail": "sign in or send an API token"}, status=401)
     after = _start_after(request)
     if after == -1:
@@ -144,7 +148,9 @@ async def events_stream(request: HttpRequest) -> HttpResponseBase:
             {"detail": "Last-Event-ID/since: must be a non-negative event id", "field": "since"},
             status=400,
         )
-    response = StreamingHttpResponse(_stream(user, after), content_type="text/event-stream")
+    response = StreamingHttpResponse(
+        _stream(user, after, anonymous_jobs), content_type="text/event-stream"
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
     return response

@@ -2,7 +2,8 @@
 
     path("jobs/", include("offload.urls"))
 
-gives ``/jobs/`` (the list), ``/jobs/<id>/`` (a job), ``/jobs/<id>/run|pause|resume|cancel|resubmit|delete/``
+gives ``/jobs/`` (the list), ``/jobs/<id>/`` (a job), ``/jobs/<id>/logs/`` (the live log tail, JSON),
+``/jobs/<id>/files/<path>`` (a result file, with Range), ``/jobs/<id>/run|pause|resume|cancel|resubmit|delete/``
 (POST), ``/jobs/update-job-status/<id>/``, the REST API under ``/jobs/api/`` (OpenAPI document
 at ``/jobs/api/openapi.json``) and the event stream ``/jobs/events/stream``. The ready-made portal also mounts
 ``offload.urls_root`` at the site root for Tethys's ``/update-job-status/<id>/``.
@@ -20,6 +21,8 @@ app_name = "offload"
 urlpatterns: list[URLPattern | URLResolver] = [
     path("", views.jobs, name="jobs"),
     path("<int:job_id>/", views.job_detail, name="job_detail"),
+    path("<int:job_id>/logs/", views.job_logs_tail, name="job_logs"),
+    path("<int:job_id>/files/<path:path>", views.job_file, name="job_file"),
     path("<int:job_id>/run/", views.job_action, {"action": "run"}, name="job_run"),
     path("<int:job_id>/pause/", views.job_action, {"action": "pause"}, name="job_pause"),
     path("<int:job_id>/resume/", views.job_action, {"action": "resume"}, name="job_resume"),

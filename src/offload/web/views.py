@@ -1,9 +1,11 @@
-"""The minimal web part: the signed-in user's jobs, one job's page (history, logs, actions) and
-the Tethys-compatible ``/update-job-status/<id>/`` endpoint.
+"""The web part: the signed-in user's jobs, one job's page (fields, history, logs with a live
+tail, result files, the workflow's DAG, actions), file downloads with ``Range``, and the
+Tethys-compatible ``/update-job-status/<id>/`` endpoint.
 
-Pages are server-rendered and read rows only: no request talks to a scheduler. Actions (cancel,
-resubmit, delete) go through :mod:`offload.store`, which records intents for a monitor to carry
-out; reading logs reads the job's own log files.
+Pages are server-rendered and read rows and files only: no request talks to a scheduler or an
+engine. Actions (cancel, resubmit, delete) go through :mod:`offload.store`, which records intents
+for a monitor to carry out; logs and result files are read from the job's workspace
+(:mod:`offload.web.files`).
 """
 
 from __future__ import annotations
@@ -12,34 +14,64 @@ import datetime
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Any
 from urllib.parse import urlencode
 
 from django.apps import apps
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect
 from django.template import TemplateDoesNotExist, loader
 from django.template.backends.django import DjangoTemplates
+from django.utils.functional import cached_property
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from offload import store
 from offload.errors import InvalidJobError, JobStateError, NotSupportedError
 from offload.models import JOB_TYPES, EventSource, Job, JobEvent
 from offload.status import FINAL, RESULTS_PENDING, STATUS_CHOICES, Status
-from offload.web import TEMPLATES_DIR, access, listing
-from offload.web.jobs_table import JobsTable
+from offload.web import TEMPLATES_DIR, access, detailed_status, files, listing
+from offload.web.jobs_table import TERMINAL, JobsTable
 from offload.web.tokens import check_status_token
 
 #: Jobs per page of the list.
 PAGE_SIZE = 50
+#: The jobs page counts at most this many jobs (so its first page costs the same for a user with
+#: 100,000 jobs as for one with 100); beyond it the pager says "more than …".
+COUNT_CAP = 10_000
+#: A text search matching at most this many jobs is answered matches first (see jobs_page).
+FEW_MATCHES = 2_000
+
+
+class CappedPaginator(Paginator):  # type: ignore[type-arg]
+    """A paginator whose count stops at :data:`COUNT_CAP` jobs, or just past the page asked for
+    when that is further (a ``COUNT(*)`` over a ``LIMIT``): the first page costs the same for a
+    user with 100,000 jobs as for one with 100, and a deep page costs what its offset costs."""
+
+    def __init__(self, object_list: Any, per_page: int, wanted_page: Any = 1) -> None:
+        super().__init__(object_list, per_page)
+        try:
+            wanted = max(1, int(wanted_page))
+        except (TypeError, ValueError):
+            wanted = 1
+        self.cap = max(COUNT_CAP, wanted * per_page)
+
+    @cached_property
+    def count(self) -> int:
+        return int(self.object_list[: self.cap + 1].count())  # type: ignore[attr-defined]
+
+    @property
+    def count_is_capped(self) -> bool:
+        return self.count > self.cap
+
+
 #: How much of each log the job page shows (the end of it).
 LOG_TAIL_BYTES = 200 * 1024
 #: Longest pushed ``message`` accepted (characters).
@@ -106,8 +138,21 @@ def _is_staff(request: HttpRequest) -> bool:
 
 
 def _may_act(request: HttpRequest, job: Job) -> bool:
-    """Whoever may see a job may act on it (see :mod:`offload.web.access`)."""
-    return access.may_act(request.user, job)
+    """Whether the user may act on the job (:mod:`offload.web.access`: view-only groups may not)."""
+    return access.may_act(request.user, job, anonymous_jobs=access.anonymous_jobs_of(request))
+
+
+def signed_in_or_anonymous_app(view: Callable[..., HttpResponseBase]) -> Callable[..., Any]:
+    """Like ``login_required``, except that where an app opts in (``OFFLOAD["ANONYMOUS_JOBS"]``)
+    an anonymous visitor gets through, to see only their own session's jobs."""
+
+    @wraps(view)
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if access.is_signed_in(request.user) or access.anonymous_jobs_of(request):
+            return view(request, *args, **kwargs)
+        return redirect_to_login(request.get_full_path())
+
+    return checked
 
 
 def format_duration(value: datetime.timedelta | str | None) -> str:
@@ -143,6 +188,8 @@ class LogView:
     text: str
     truncated: bool
     size: int
+    #: Where the live tail continues reading (bytes).
+    offset: int = 0
 
 
 def tail(text: str, limit: int = LOG_TAIL_BYTES) -> tuple[str, bool, int]:
@@ -158,28 +205,34 @@ def tail(text: str, limit: int = LOG_TAIL_BYTES) -> tuple[str, bool, int]:
 
 
 def _read_logs(job: Job) -> tuple[list[LogView], str]:
-    """The job's logs (each cut to its last LOG_TAIL_BYTES), or an explanation why there are none."""
-    try:
-        raw = job.get_logs()
-    except Exception as exc:  # an engine's log reader: report, never a 500
-        return [], f"the logs could not be read: {type(exc).__name__}: {exc}"
+    """The job's logs (each cut to its last LOG_TAIL_BYTES), read from the files the engine keeps
+    in the workspace (never through the engine: a web request does not call a scheduler)."""
     views: list[LogView] = []
-    for name, value in raw.items():
-        try:
-            content = value() if callable(value) else value
-        except Exception as exc:
-            content = f"(this log could not be read: {type(exc).__name__}: {exc})"
-        if isinstance(content, bytes):
-            content = content.decode("utf-8", errors="replace")
-        text, truncated, size = tail("" if content is None else str(content))
-        views.append(LogView(name=str(name), text=text, truncated=truncated, size=size))
+    for name, path in files.log_files(job).items():
+        chunk = files.read_log(path, name, -LOG_TAIL_BYTES, limit=LOG_TAIL_BYTES)
+        text = chunk.text
+        if chunk.offset > 0:
+            newline = text.find("\n")
+            if 0 <= newline < 4096:  # start at a whole line when one begins near the cut
+                text = text[newline + 1 :]
+        views.append(
+            LogView(
+                name=name,
+                text=text,
+                truncated=chunk.offset > 0,
+                size=chunk.size,
+                offset=chunk.next_offset,
+            )
+        )
     return views, ""
 
 
 def _get_job(request: HttpRequest, job_id: int) -> Job:
     """The job if the user may see it (:mod:`offload.web.access`), else a 404."""
     qs = Job.objects.visible().select_related("user", "scheduler")
-    return access.get_job_or_404(request.user, job_id, qs)
+    return access.get_job_or_404(
+        request.user, job_id, qs, anonymous_jobs=access.anonymous_jobs_of(request)
+    )
 
 
 #: Column field of the jobs page → its sort key (offload.web.listing.SORTS).
@@ -196,7 +249,7 @@ TABLE_SORT_KEYS: dict[str, str] = {
 
 
 # -- pages ------------------------------------------------------------------------------------------
-@login_required
+@signed_in_or_anonymous_app
 @require_GET
 def jobs(request: HttpRequest) -> HttpResponse:
     """The signed-in user's jobs and those shared with their groups (of every app), newest
@@ -207,8 +260,10 @@ def jobs(request: HttpRequest) -> HttpResponse:
     qs: QuerySet[Job] = (
         Job.objects.visible().select_related("user").defer("engine_state", "parameters")
     )
-    if not show_all:
-        qs = qs.filter(access.shared_with(request.user))
+    if not show_all and access.is_signed_in(request.user):
+        qs = qs.filter(access.shared_with(request.user))  # a manager's own page: theirs too
+    elif not show_all:
+        qs = access.visible_jobs(request.user, qs, anonymous_jobs=access.anonymous_jobs_of(request))
     active = {
         key: request.GET.get(key, "").strip()[: listing.MAX_SEARCH]
         for key in ("status", "type", "q", "sort")
@@ -227,7 +282,13 @@ def jobs(request: HttpRequest) -> HttpResponse:
     except InvalidJobError as exc:
         error, active, sort = str(exc), {}, listing.DEFAULT_SORT
         qs = qs.order_by("-id")
-    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    wanted = request.GET.get("page")
+    paginator = CappedPaginator(qs, PAGE_SIZE, wanted)
+    if active.get("q") and sort in ("id", "-id") and paginator.count <= FEW_MATCHES:
+        # Few jobs match the search (counted through the name index): take them first and sort
+        # them, rather than walk the user's jobs newest first hoping to meet matches soon.
+        paginator.object_list = listing.matches_first(qs, descending=sort == "-id")
+    page = paginator.get_page(wanted)
     base = {"all": "1"} if show_all else {}
     query = urlencode({**base, **active})
     sort_urls, sort_marks = {}, {}
@@ -261,6 +322,9 @@ def jobs(request: HttpRequest) -> HttpResponse:
         sort_links=sort_links,
         hover=True,
         caption=("All jobs" if show_all else "My jobs") + ", newest first",
+        show_detailed_status=True,
+        user=request.user,
+        anonymous_jobs=tuple(access.anonymous_jobs_of(request)),
     )
     context = {
         "page": page,
@@ -286,6 +350,7 @@ def _detail(request: HttpRequest, job: Job, *, error: str = "", status: int = 20
     events = list(JobEvent.objects.filter(job_id=job.pk).order_by("id"))
     logs, logs_error = _read_logs(job)
     may_act = _may_act(request, job)
+    listing_ = files.list_files(job)
     context = {
         "job": job,
         "row": _row(job),
@@ -293,6 +358,12 @@ def _detail(request: HttpRequest, job: Job, *, error: str = "", status: int = 20
         "logs": logs,
         "logs_error": logs_error,
         "log_limit_kb": LOG_TAIL_BYTES // 1024,
+        "follow_logs": follows_logs(job),
+        "badge_classes": BADGE_CLASSES,
+        "files": listing_.files,
+        "files_more": listing_.more,
+        "files_problem": listing_.problem,
+        "detailed": detailed_status.for_job(job),
         "error": error,
         "may_act": may_act,
         "can_cancel": may_act and current not in FINAL and current not in RESULTS_PENDING,
@@ -303,12 +374,76 @@ def _detail(request: HttpRequest, job: Job, *, error: str = "", status: int = 20
     return render_page(request, "offload/job_detail.html", context, status=status)
 
 
-@login_required
+def follows_logs(job: Job) -> bool:
+    """Whether the job's logs may still grow: it was executed and is not finished."""
+    current = Status(job._status)
+    if current == Status.OTHER:
+        return job.other_category is None or job.other_category.value != "terminal"
+    return bool(job.attempt) and current != Status.PENDING and current not in TERMINAL
+
+
+@signed_in_or_anonymous_app
 @require_GET
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
-    """One job: its fields, its history, its logs, and buttons to act on it. Someone else's job
-    is a 404 unless it is shared with one of the user's groups or the user is staff."""
+    """One job: its fields, its history, its logs (followed while it runs), its result files, its
+    DAG, and buttons to act on it. Someone else's job is a 404 unless it is shared with one of
+    the user's groups or the user is staff."""
     return _detail(request, _get_job(request, job_id))
+
+
+#: Largest offset a log-tail request may name.
+MAX_OFFSET = 2**62
+
+
+@signed_in_or_anonymous_app
+@require_GET
+def job_logs_tail(request: HttpRequest, job_id: int) -> JsonResponse:
+    """``GET /jobs/<id>/logs/?stdout=<offset>&stderr=<offset>``: what each log gained since
+    ``offset`` (bytes; a log not named starts with its last 200 KB), the job's status, and
+    ``follow``: false once the job is finished (the page then stops asking). Reads the log files
+    in the workspace only."""
+    job = _get_job(request, job_id)
+    logs = []
+    for name, path in files.log_files(job).items():
+        raw = request.GET.get(name)
+        try:
+            offset = int(raw) if raw is not None else -LOG_TAIL_BYTES
+        except ValueError:
+            return _json_error(400, f"{name}: expected a byte offset, not {str(raw)[:40]!r}", name)
+        if not -MAX_OFFSET < offset < MAX_OFFSET:
+            return _json_error(400, f"{name}: offset out of range", name)
+        chunk = files.read_log(path, name, offset)
+        logs.append(
+            {
+                "name": chunk.name,
+                "offset": chunk.offset,
+                "next_offset": chunk.next_offset,
+                "size": chunk.size,
+                "text": chunk.text,
+            }
+        )
+    response = JsonResponse(
+        {
+            "job": job.pk,
+            "attempt": job.attempt,
+            "status": job.cached_status,
+            "status_code": job._status,
+            "follow": follows_logs(job),
+            "logs": logs,
+        }
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@signed_in_or_anonymous_app
+@require_http_methods(["GET", "HEAD"])
+def job_file(request: HttpRequest, job_id: int, path: str) -> HttpResponse:
+    """Download one of the job's result files (streamed; ``Range`` gives 206 or 416). Paths that
+    leave the workspace, and the engines' own folder, are 404 like another user's job."""
+    job = _get_job(request, job_id)
+    real = files.result_file(job, path)
+    return files.download_response(request, real, filename=path.rsplit("/", 1)[-1])
 
 
 def _cancel(job: Job, actor: str) -> str:
@@ -357,7 +492,7 @@ ACTIONS: dict[str, Callable[[Job, str], str]] = {
 }
 
 
-@login_required
+@signed_in_or_anonymous_app
 @require_POST
 def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
     """Run, pause, resume, cancel, resubmit or delete a job (a POST form with CSRF). With a
@@ -369,6 +504,12 @@ def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
     if perform is None:
         raise Http404(f"no action {action!r}")
     back = _safe_next(request)
+    if not _may_act(request, job):
+        refusal = f"You may see job {job.pk} but not act on it (it is shared with you view-only)."
+        if back:
+            messages.error(request, refusal, fail_silently=True)
+            return redirect(back)
+        return _detail(request, job, error=refusal, status=403)
     try:
         done = perform(job, _username(request))
     except (InvalidJobError, JobStateError, NotSupportedError) as exc:

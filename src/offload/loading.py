@@ -1,0 +1,206 @@
+"""Loading job rows fast: a jobs table of 10,000 rows must not cost 10,000 trips through Django's
+``Model.__init__`` and 30,000 ``json.loads`` calls nobody reads.
+
+Two pieces, used by :class:`offload.models.Job`:
+
+- :class:`LazyJSONField`: a ``JSONField`` whose value, when it comes from a row loaded by
+  :class:`JobIterable`, stays the database's JSON text (a :class:`RawJSON`) until the attribute is
+  first read. The text is immutable, so it is also the snapshot ``save()`` compares against: a
+  value nobody read is unchanged without a copy or a comparison.
+- :class:`JobIterable`: the queryset iterable for jobs. For a plain query of whole rows (the
+  common case: lists, tables, the monitor) it builds each typed job object straight from the row
+  (the proxy class for its ``job_type``, the instance dictionary filled in one step, no
+  ``__init__``); anything else (deferred fields, ``pre_init``/``post_init`` receivers) takes
+  Django's own path. ``select_related``, annotations and the known related object of a reverse
+  relation (``user.offload_jobs``) are handled as Django's ``ModelIterable`` handles them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import operator
+from collections.abc import Iterator
+from itertools import chain, islice
+from typing import Any
+
+from django.db import models
+from django.db.models.base import ModelState
+from django.db.models.query import ModelIterable, get_related_populators
+from django.db.models.query_utils import DeferredAttribute
+from django.db.models.signals import post_init, pre_init
+
+#: Rows turned into objects at a time (see :class:`JobIterable`).
+BATCH_ROWS = 1000
+
+
+class RawJSON(str):
+    """A JSON column's text as the database returned it, not decoded yet."""
+
+    __slots__ = ()
+
+
+class LazyJSONAttribute(DeferredAttribute):
+    """The attribute of a :class:`LazyJSONField`: decodes :class:`RawJSON` on first read."""
+
+    def __get__(self, instance: Any, cls: Any = None) -> Any:
+        if instance is None:
+            return self
+        data = instance.__dict__
+        name = self.field.attname
+        try:
+            value = data[name]
+        except KeyError:
+            return super().__get__(instance, cls)  # a deferred field: Django loads it
+        if type(value) is RawJSON:
+            value = json.loads(value, cls=getattr(self.field, "decoder", None))
+            data[name] = value
+        return value
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__[self.field.attname] = value
+
+
+class LazyJSONField(models.JSONField):
+    """A ``JSONField`` decoded on first read when its row was loaded by :class:`JobIterable`."""
+
+    descriptor_class = LazyJSONAttribute
+
+
+def value_changed(instance: Any, attname: str, loaded: Any) -> bool:
+    """Whether ``instance.<attname>`` differs from the value it was ``loaded`` with."""
+    if type(loaded) is RawJSON:
+        if instance.__dict__.get(attname) is loaded:
+            return False  # never read, so never changed
+        return bool(json.loads(loaded) != getattr(instance, attname))
+    return bool(loaded != getattr(instance, attname))
+
+
+class JobIterable(ModelIterable):  # type: ignore[type-arg]
+    """Yields a typed job object per row (see the module's docstring)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        queryset = self.queryset
+        model = queryset.model
+        if (
+            queryset.query.deferred_loading != (frozenset(), True)  # only() or defer()
+            or pre_init.has_listeners(model)
+            or post_init.has_listeners(model)
+        ):
+            # Django's own iterable (Job.from_db still gives each row its class).
+            yield from super().__iter__()
+            return
+        db = queryset.db
+        compiler = queryset.query.get_compiler(using=db)
+        results = compiler.execute_sql(chunked_fetch=self.chunked_fetch, chunk_size=self.chunk_size)
+        select, klass_info, annotation_col_map = (
+            compiler.select,
+            compiler.klass_info,
+            compiler.annotation_col_map,
+        )
+        model_cls = klass_info["model"]
+        select_fields = klass_info["select_fields"]
+        start, end = select_fields[0], select_fields[-1] + 1
+        init_list = [f[0].target.attname for f in select[start:end]]
+        fields = [s[0] for s in select[0 : compiler.col_count]]
+        converters = compiler.get_converters(fields)
+        # JSON columns stay text until read: no converter for them.
+        lazy_positions: list[int] = []
+        for i, column in enumerate(select[start:end]):
+            if isinstance(column[0].target, LazyJSONField):
+                lazy_positions.append(i)
+                converters.pop(start + i, None)
+        rows: Any = chain.from_iterable(results)
+        if converters:
+            rows = compiler.apply_converters(rows, converters)
+        related_populators = get_related_populators(klass_info, select, db)  # type: ignore[call-arg]
+        known_related_objects = [
+            (
+                field,
+                related_objs,
+                operator.attrgetter(
+                    *[
+                        (
+                            field.attname
+                            if from_field == "self"
+                            else queryset.model._meta.get_field(from_field).attname  # type: ignore[union-attr]
+                        )
+                        for from_field in field.from_fields
+                    ]
+                ),
+            )
+            for field, related_objs in queryset._known_related_objects.items()  # type: ignore[attr-defined]
+        ]
+        whole_row = start == 0 and end == compiler.col_count
+        type_index = init_list.index("job_type")
+        classes = model_cls.loaded_classes()
+        # The usual reverse relation (user.offload_jobs): its object goes straight into the
+        # cache of each row whose foreign key matches, as Django's iterable would put it.
+        known_fast: tuple[str, dict[Any, Any], int] | None = None
+        if len(known_related_objects) == 1 and not related_populators:
+            field, rel_objs, _ = known_related_objects[0]
+            if len(field.from_fields) == 1 and field.attname in init_list:
+                known_fast = (field.cache_name, rel_objs, init_list.index(field.attname))
+                known_related_objects = []
+        new_state = ModelState
+        raw_json = RawJSON
+        rows = iter(rows)
+        while batch := list(islice(rows, BATCH_ROWS)):
+            built: list[Any] = []
+            # The objects of a batch are made with the cyclic garbage collector paused: they
+            # create no garbage, and otherwise it walks the growing result over and over.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                for row in batch:
+                    values: Any = row if whole_row else row[start:end]
+                    if lazy_positions:
+                        values = list(values)
+                        for i in lazy_positions:
+                            value = values[i]
+                            if value.__class__ is str:
+                                values[i] = raw_json(value)
+                    cls = classes.get(values[type_index], model_cls)
+                    obj = cls.__new__(cls)
+                    data = obj.__dict__
+                    data.update(zip(init_list, values, strict=False))
+                    state = new_state()
+                    state.adding = False
+                    state.db = db
+                    if known_fast is not None:
+                        rel_obj = known_fast[1].get(values[known_fast[2]])
+                        if rel_obj is not None:
+                            state.fields_cache = {known_fast[0]: rel_obj}
+                    data["_state"] = state
+                    # What was loaded, for save(): the names are shared, the values are this row's.
+                    data["_loaded_row"] = (init_list, values)
+                    if related_populators or annotation_col_map:
+                        self._populate(obj, row, related_populators, annotation_col_map)
+                    if known_related_objects:
+                        self._attach_known(obj, known_related_objects)
+                    built.append(obj)
+            finally:
+                if collecting:
+                    gc.enable()
+            yield from built
+
+    @staticmethod
+    def _populate(
+        obj: Any, row: Any, related_populators: Any, annotation_col_map: dict[str, int]
+    ) -> None:
+        for rel_populator in related_populators:
+            rel_populator.populate(row, obj)
+        for attr_name, col_pos in annotation_col_map.items():
+            setattr(obj, attr_name, row[col_pos])
+
+    @staticmethod
+    def _attach_known(obj: Any, known_related_objects: Any) -> None:
+        for field, rel_objs, rel_getter in known_related_objects:
+            if field.is_cached(obj):
+                continue  # select_related loaded it
+            try:
+                rel_obj = rel_objs[rel_getter(obj)]
+            except KeyError:
+                pass  # may happen with qs1 | qs2
+            else:
+                setattr(obj, field.name, rel_obj)

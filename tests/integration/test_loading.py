@@ -1,0 +1,174 @@
+"""Loading jobs fast (offload.loading): typed objects straight from rows, JSON decoded on first
+read, and save() still writing exactly what app code changed — on the real database."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.models import Count, F
+from django.db.models.query import ModelIterable
+from django.db.models.signals import post_init
+from django.test.utils import CaptureQueriesContext
+
+from offload import BasicJob, Job, JobManager, LocalJob, SlurmJob
+from offload.loading import RawJSON
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("offload_home")]
+
+
+def _jobs(user: Any) -> list[Job]:
+    manager = JobManager("loading")
+    jobs = [
+        manager.create_job("basic {id}", user, job_type="BASIC", extended_properties={"a": 1}),
+        manager.create_job("local {id}", user, job_type="LOCAL", executable="python"),
+        manager.create_job("slurm {id}", user, job_type="SLURM", executable="hostname"),
+    ]
+    for job in jobs:
+        job.save()
+    return jobs
+
+
+def test_rows_become_typed_jobs_equal_to_what_django_builds(user: Any) -> None:
+    made = _jobs(user)
+    fast = list(Job.objects.filter(label="loading").order_by("id"))
+    slow_qs = Job.objects.filter(label="loading").order_by("id")
+    slow_qs._iterable_class = ModelIterable
+    slow = list(slow_qs)
+    assert [type(j) for j in fast] == [BasicJob, LocalJob, SlurmJob]
+    assert [type(j) for j in slow] == [BasicJob, LocalJob, SlurmJob]
+    for a, b, original in zip(fast, slow, made, strict=True):
+        assert a.pk == b.pk == original.pk
+        assert not a._state.adding
+        assert a._state.db == "default"
+        for field in Job._meta.concrete_fields:
+            assert getattr(a, field.attname) == getattr(b, field.attname), field.attname
+    assert fast[0].extended_properties == {"a": 1}
+    assert fast[1].executable == "python"
+    assert fast[1].parameters == {"executable": "python"}
+
+
+def test_json_stays_text_until_read_and_values_list_still_decodes(user: Any) -> None:
+    _jobs(user)
+    job = Job.objects.filter(label="loading").order_by("id").first()
+    assert job is not None
+    assert type(job.__dict__["extended_properties"]) is RawJSON
+    assert job.extended_properties == {"a": 1}
+    assert type(job.__dict__["extended_properties"]) is dict
+    props = Job.objects.filter(pk=job.pk).values_list("extended_properties", flat=True).get()
+    assert props == {"a": 1}
+    assert Job.objects.filter(pk=job.pk).values("parameters").get() == {"parameters": {}}
+
+
+@pytest.mark.parametrize("read_first", [False, True])
+def test_save_writes_only_what_changed(user: Any, read_first: bool) -> None:
+    _jobs(user)
+    job = Job.objects.filter(label="loading").order_by("id").first()
+    assert job is not None
+    if read_first:
+        assert job.extended_properties == {"a": 1}
+    with CaptureQueriesContext(connection) as queries:
+        job.save()
+    assert [q["sql"] for q in queries.captured_queries if "UPDATE" in q["sql"]] == []
+    job.description = "changed"
+    with CaptureQueriesContext(connection) as queries:
+        job.save()
+    updates = [q["sql"] for q in queries.captured_queries if "UPDATE" in q["sql"]]
+    assert len(updates) == 1
+    assert "description" in updates[0]
+    assert "extended_properties" not in updates[0]
+
+
+def test_in_place_edit_of_lazy_json_is_saved(user: Any) -> None:
+    _jobs(user)
+    job = Job.objects.filter(label="loading").order_by("id").first()
+    assert job is not None
+    job.extended_properties["b"] = 2
+    job.save()
+    assert Job.objects.get(pk=job.pk).extended_properties == {"a": 1, "b": 2}
+    # A stale object that never read the field does not write it back.
+    stale = Job.objects.get(pk=job.pk)
+    other = Job.objects.get(pk=job.pk)
+    other.extended_properties = {"c": 3}
+    other.save()
+    stale.name = "renamed"
+    stale.save()
+    fresh = Job.objects.get(pk=job.pk)
+    assert fresh.extended_properties == {"c": 3}
+    assert fresh.name == "renamed"
+
+
+def test_reverse_relation_reuses_the_user_object(user: Any) -> None:
+    _jobs(user)
+    jobs = list(user.offload_jobs.all())
+    with CaptureQueriesContext(connection) as queries:
+        assert all(job.user is user for job in jobs)
+    assert len(queries) == 0
+
+
+def test_select_related_deferred_fields_annotations_and_signals(user: Any) -> None:
+    _jobs(user)
+    with CaptureQueriesContext(connection) as queries:
+        jobs = list(Job.objects.filter(label="loading").select_related("user").order_by("id"))
+        assert [job.user.username for job in jobs] == [user.username] * 3
+    assert len(queries) == 1
+    only = list(Job.objects.filter(label="loading").only("id", "name", "job_type").order_by("id"))
+    assert [type(j) for j in only] == [BasicJob, LocalJob, SlurmJob]
+    assert only[0].get_deferred_fields() >= {"extended_properties", "workspace"}
+    assert only[0].extended_properties == {"a": 1}  # loaded on demand, as Django does
+    annotated = list(
+        Job.objects.filter(label="loading")
+        .annotate(n_groups=Count("groups"), twice=F("attempt") * 2)
+        .order_by("id")
+    )
+    assert [j.n_groups for j in annotated] == [0, 0, 0]
+    assert isinstance(annotated[1], LocalJob)
+    seen: list[Any] = []
+
+    def receiver(sender: Any, instance: Any, **kwargs: Any) -> None:
+        seen.append(instance)
+
+    post_init.connect(receiver, sender=Job)
+    try:
+        signalled = list(Job.objects.filter(label="loading").order_by("id"))
+    finally:
+        post_init.disconnect(receiver, sender=Job)
+    assert len(seen) == 3
+    assert [type(j) for j in signalled] == [BasicJob, LocalJob, SlurmJob]
+
+
+def test_loaded_jobs_pickle_refresh_and_compare(user: Any) -> None:
+    _jobs(user)
+    job = Job.objects.filter(label="loading").order_by("id").first()
+    assert job is not None
+    copy = pickle.loads(pickle.dumps(job))
+    assert copy == job
+    assert copy.extended_properties == {"a": 1}
+    Job.objects.filter(pk=job.pk).update(description="elsewhere")
+    job.refresh_from_db()
+    assert job.description == "elsewhere"
+    assert job.extended_properties == {"a": 1}
+
+
+def test_timestamps_load_as_utc_datetimes_with_the_fast_loader_on_postgres(user: Any) -> None:
+    import datetime
+
+    _jobs(user)
+    job = Job.objects.filter(label="loading").order_by("id").first()
+    assert job is not None
+    assert job.creation_time.tzinfo is datetime.UTC
+    assert abs(job.creation_time - datetime.datetime.now(datetime.UTC)).total_seconds() < 60
+    raw = connection.connection
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        oid = psycopg.postgres.types["timestamptz"].oid
+        loader = raw.adapters.get_loader(oid, psycopg.pq.Format.TEXT)
+        assert loader.__name__ == "UTCTimestamptzLoader"
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT %s::timestamptz", ["2026-01-02 03:04:05.678901+02"])
+            (value,) = cursor.fetchone()
+        assert value == datetime.datetime(2026, 1, 2, 1, 4, 5, 678901, tzinfo=datetime.UTC)
+        assert value.tzinfo is datetime.UTC
