@@ -101,9 +101,11 @@ def wait_for(
     timeout: float = 20.0,
     interval: float = 0.05,
     step: Callable[[], Any] | None = None,
-    what: str = "condition",
+    what: str | Callable[[], str] = "condition",
 ) -> Any:
-    """Call ``step`` (e.g. a monitor cycle) then ``condition`` until it is truthy; its value."""
+    """Call ``step`` (e.g. a monitor cycle) then ``condition`` until it is truthy; its value.
+    ``what`` names the condition in the failure message; a callable is asked at the failure,
+    so the message can show the state the wait ended in."""
     deadline = time.monotonic() + timeout
     while True:
         if step is not None:
@@ -112,7 +114,8 @@ def wait_for(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described}")
         time.sleep(interval)
 
 

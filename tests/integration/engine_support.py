@@ -143,7 +143,7 @@ def run_to(
         step=monitor.run_cycle,
         timeout=timeout,
         interval=0.2,
-        what=f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status})",
+        what=lambda: f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status})",
     )
     return fresh(job)
 

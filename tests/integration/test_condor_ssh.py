@@ -169,7 +169,7 @@ def test_a_workflow_over_ssh_runs_its_nodes_in_order_and_its_files_come_back(
         step=monitor.run_cycle,
         timeout=90,
         interval=0.3,
-        what=f"workflow {dag.pk} to end (is {fresh(dag).status})",
+        what=lambda: f"workflow {dag.pk} to end (is {fresh(dag).status})",
     )
     done = fresh(dag)
     assert done.status in ("Various-Complete", "Complete"), done.status_message

@@ -169,7 +169,7 @@ def run_to(
         step=monitor.run_cycle,
         timeout=timeout,
         interval=0.05,
-        what=f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status})",
+        what=lambda: f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status})",
     )
     return fresh(job)
 
@@ -630,7 +630,7 @@ def check_pushed_before_the_poll(
             step=monitor.run_cycle,
             timeout=40,
             interval=0.05,
-            what=f"job {job.pk} to finish (is {fresh(job).status})",
+            what=lambda: f"job {job.pk} to finish (is {fresh(job).status})",
         )
     finally:
         monitor.shutdown()

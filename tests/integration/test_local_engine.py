@@ -63,7 +63,7 @@ def run_to(monitor: Monitor, until: Callable[..., Any], job: Job, *statuses: str
     until(
         lambda: status_of(job) in statuses,
         step=monitor.run_cycle,
-        what=f"job {job.pk} to become {' or '.join(statuses)} (is {status_of(job)})",
+        what=lambda: f"job {job.pk} to become {' or '.join(statuses)} (is {status_of(job)})",
     )
     return fresh(job)
 

@@ -274,7 +274,7 @@ def test_suspend_and_resume_a_running_job(
         step=poll,
         timeout=20,
         interval=0.2,
-        what=f"job {job.pk}'s native status to read 's' (is {fresh(job).native_status!r})",
+        what=lambda: f"job {job.pk}'s native status to read 's' (is {fresh(job).native_status!r})",
     )
     assert fresh(job).native_status == "s"
     assert fresh(job).status == "Paused"

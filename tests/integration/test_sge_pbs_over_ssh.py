@@ -96,7 +96,7 @@ def run_both(
             step=monitor.run_cycle,
             timeout=40,
             interval=0.2,
-            what=f"job {job.pk} to finish (is {fresh(job).status})",
+            what=lambda job=job: f"job {job.pk} to finish (is {fresh(job).status})",
         )
     return fresh(jobs[0]), fresh(jobs[1])
 

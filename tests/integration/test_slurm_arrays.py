@@ -58,6 +58,14 @@ def tasks_of(job: Job) -> dict[str, Any]:
     return dict((fresh(job).engine_state or {}).get("tasks") or {})
 
 
+def intents_of(job: Job) -> list[tuple[str, int, str, str]]:
+    """The job's intents: action, tries, outcome, done or not (for failure messages)."""
+    return [
+        (i.action, i.tries, i.outcome, "done" if i.done_at else "open")
+        for i in JobIntent.objects.filter(job_id=job.pk).order_by("id")
+    ]
+
+
 def wait_status(
     monitor: Monitor, until: Callable[..., Any], job: Job, *statuses: str, timeout: float = 40
 ) -> Job:
@@ -66,8 +74,12 @@ def wait_status(
         step=monitor.run_cycle,
         timeout=timeout,
         interval=0.1,
-        what=f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status}: "
-        f"{fresh(job).status_message})",
+        what=lambda: (
+            f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status}: "
+            f"{fresh(job).status_message}; native {fresh(job).native_status!r}, stale "
+            f"{fresh(job).is_stale}, tasks {tasks_of(job)}, queue "
+            f"{queue_state(fresh(job).native_id)!r}, intents {intents_of(job)})"
+        ),
     )
     return fresh(job)
 

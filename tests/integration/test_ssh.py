@@ -316,7 +316,9 @@ def run_to(monitor: Monitor, until: Callable[..., Any], job: Job, *statuses: str
         step=monitor.run_cycle,
         timeout=30,
         interval=0.2,
-        what=f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status}: {fresh(job).status_message} {fresh(job).events[-3:]} {fresh(job).is_stale})",
+        what=lambda: (
+            f"job {job.pk} to become {' or '.join(statuses)} (is {fresh(job).status}: {fresh(job).status_message} {fresh(job).events[-3:]} {fresh(job).is_stale})"
+        ),
     )
     return fresh(job)
 
