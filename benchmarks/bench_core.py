@@ -205,7 +205,8 @@ def drop_postgres(admin_url: str, name: str) -> None:
 
 def database_settings(db_url: str) -> dict[str, Any]:
     """The database as the portal configures it (offload.portal.settings): for SQLite a lock
-    timeout, BEGIN IMMEDIATE and WAL with synchronous=NORMAL; PostgreSQL as parsed."""
+    timeout, BEGIN IMMEDIATE and WAL with synchronous=NORMAL; PostgreSQL as parsed, with psycopg
+    preparing statements a connection runs often (prepare_threshold 5)."""
     import dj_database_url
 
     config: dict[str, Any] = dict(dj_database_url.parse(db_url))
@@ -215,6 +216,8 @@ def database_settings(db_url: str) -> dict[str, Any]:
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
+    else:
+        config["OPTIONS"] = {"prepare_threshold": 5}  # the portal's default
     return config
 
 

@@ -58,6 +58,7 @@ def _database() -> dict[str, Any]:
         config: dict[str, Any] = dict(dj_database_url.parse(url))
         config["NAME"] = "offload_test"
         config["TEST"] = {"NAME": "offload_test"}
+        config["OPTIONS"] = {"prepare_threshold": 5}  # as the portal sets it
         return config
     raise ValueError(f"OFFLOAD_TEST_DB={kind!r}: use 'sqlite' or 'postgres'")
 

@@ -4,9 +4,11 @@
 Two pieces, used by :class:`offload.models.Job`:
 
 - :class:`LazyJSONField`: a ``JSONField`` whose value, when it comes from a row loaded by
-  :class:`JobIterable`, stays the database's JSON text (a :class:`RawJSON`) until the attribute is
-  first read. The text is immutable, so it is also the snapshot ``save()`` compares against: a
-  value nobody read is unchanged without a copy or a comparison.
+  :class:`JobIterable`, stays the database's JSON text until the attribute is first read. The
+  instance keeps the row it was loaded from (``_loaded_row``, for ``save()``), so a JSON text is
+  known as undecoded by being the very object of that row (and never assigned since): no copy or
+  wrapper per value while loading. The text is immutable, so a value nobody read is unchanged
+  without a copy or a comparison.
 - :class:`JobIterable`: the queryset iterable for jobs. For a plain query of whole rows (the
   common case: lists, tables, the monitor) it builds each typed job object straight from the row
   (the proxy class for its ``job_type``, the instance dictionary filled in one step, no
@@ -30,18 +32,35 @@ from django.db.models.query import ModelIterable, get_related_populators
 from django.db.models.query_utils import DeferredAttribute
 from django.db.models.signals import post_init, pre_init
 
-#: Rows turned into objects at a time (see :class:`JobIterable`).
+#: Rows turned into objects at a time by ``iterator()`` (see :class:`JobIterable`).
 BATCH_ROWS = 1000
 
 
 class RawJSON(str):
-    """A JSON column's text as the database returned it, not decoded yet."""
+    """JSON text, not decoded: what a job was loaded or written with, in the snapshots ``save()``
+    compares against (:func:`offload.models.loaded_values`)."""
 
     __slots__ = ()
 
 
+def is_raw_json(data: dict[str, Any], name: str) -> bool:
+    """Whether ``data[name]`` (an instance's dictionary) is still the JSON text of the row the
+    instance was loaded from: the same object, never assigned since."""
+    row = data.get("_loaded_row")
+    if row is None or name in data.get("_json_assigned", ()):
+        return False
+    value = data.get(name)
+    if value.__class__ is not str:
+        return False
+    names, values = row
+    try:
+        return values[names.index(name)] is value
+    except ValueError:
+        return False
+
+
 class LazyJSONAttribute(DeferredAttribute):
-    """The attribute of a :class:`LazyJSONField`: decodes :class:`RawJSON` on first read."""
+    """The attribute of a :class:`LazyJSONField`: decodes the loaded JSON text on first read."""
 
     def __get__(self, instance: Any, cls: Any = None) -> Any:
         if instance is None:
@@ -52,13 +71,20 @@ class LazyJSONAttribute(DeferredAttribute):
             value = data[name]
         except KeyError:
             return super().__get__(instance, cls)  # a deferred field: Django loads it
-        if type(value) is RawJSON:
+        if value.__class__ is str and is_raw_json(data, name):
             value = json.loads(value, cls=getattr(self.field, "decoder", None))
             data[name] = value
         return value
 
     def __set__(self, instance: Any, value: Any) -> None:
-        instance.__dict__[self.field.attname] = value
+        data = instance.__dict__
+        data[self.field.attname] = value
+        if "_loaded_row" in data:
+            # An assigned string is a value, even if it is the row's own (interned) object.
+            assigned = data.get("_json_assigned")
+            if assigned is None:
+                assigned = data["_json_assigned"] = set()
+            assigned.add(self.field.attname)
 
 
 class LazyJSONField(models.JSONField):
@@ -68,9 +94,10 @@ class LazyJSONField(models.JSONField):
 
 
 def value_changed(instance: Any, attname: str, loaded: Any) -> bool:
-    """Whether ``instance.<attname>`` differs from the value it was ``loaded`` with."""
+    """Whether ``instance.<attname>`` differs from the value it was ``loaded`` with (a
+    :class:`RawJSON` when it was loaded as JSON text)."""
     if type(loaded) is RawJSON:
-        if instance.__dict__.get(attname) is loaded:
+        if is_raw_json(instance.__dict__, attname):
             return False  # never read, so never changed
         return bool(json.loads(loaded) != getattr(instance, attname))
     return bool(loaded != getattr(instance, attname))
@@ -105,10 +132,8 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
         fields = [s[0] for s in select[0 : compiler.col_count]]
         converters = compiler.get_converters(fields)
         # JSON columns stay text until read: no converter for them.
-        lazy_positions: list[int] = []
         for i, column in enumerate(select[start:end]):
             if isinstance(column[0].target, LazyJSONField):
-                lazy_positions.append(i)
                 converters.pop(start + i, None)
         rows: Any = chain.from_iterable(results)
         if converters:
@@ -143,9 +168,11 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
                 known_fast = (field.cache_name, rel_objs, init_list.index(field.attname))
                 known_related_objects = []
         new_state = ModelState
-        raw_json = RawJSON
         rows = iter(rows)
-        while batch := list(islice(rows, BATCH_ROWS)):
+        # A queryset's own evaluation (list(), for …, len()) has every row already and runs no
+        # caller code until all objects exist: one batch. iterator() streams: batches.
+        batch_rows = BATCH_ROWS if self.chunked_fetch else None
+        while batch := list(islice(rows, batch_rows)):
             built: list[Any] = []
             # The objects of a batch are made with the cyclic garbage collector paused: they
             # create no garbage, and otherwise it walks the growing result over and over.
@@ -154,12 +181,6 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
             try:
                 for row in batch:
                     values: Any = row if whole_row else row[start:end]
-                    if lazy_positions:
-                        values = list(values)
-                        for i in lazy_positions:
-                            value = values[i]
-                            if value.__class__ is str:
-                                values[i] = raw_json(value)
                     cls = classes.get(values[type_index], model_cls)
                     obj = cls.__new__(cls)
                     data = obj.__dict__

@@ -103,7 +103,11 @@ def loaded_values(job: Any) -> dict[str, Any]:
         row = data.get("_loaded_row")
         if row is None:
             return {}
-        loaded = data["_loaded"] = dict(zip(row[0], row[1], strict=True))
+        loaded = dict(zip(row[0], row[1], strict=True))
+        for name in JSON_ATTNAMES:
+            if loaded.get(name).__class__ is str:
+                loaded[name] = RawJSON(loaded[name])  # the row's JSON text
+        data["_loaded"] = loaded
     return loaded  # type: ignore[no-any-return]
 
 

@@ -11,6 +11,7 @@ Nothing here calls a scheduler except :func:`get_logs` (reading the job's own lo
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
 import inspect
 import json
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.db import connection, models, transaction
+from django.db import connection, connections, models, transaction
 from django.db.models import CharField, Exists, OuterRef, Q, Value
 from django.db.models.functions import Cast, Concat, Replace
 from django.db.models.signals import post_save, pre_save
@@ -140,14 +141,21 @@ def app_workspace(label: str) -> Path:
 
 
 def user_workspace(label: str, user: Any) -> Path:
-    root = workspace_root() / safe_segment(label, "label") / "users"
-    if user is None:
-        return root / "_system"
-    name = getattr(user, "username", None) or str(user)
+    name = None if user is None else (getattr(user, "username", None) or str(user))
+    return _user_folder(workspace_root(), label, name, None if user is None else user.pk)
+
+
+@functools.lru_cache(maxsize=1024)
+def _user_folder(root: Path, label: str, name: str | None, user_pk: Any) -> Path:
+    """:func:`user_workspace` for a workspace root, app, user name and user id (remembered: it is
+    on the path of every job creation, and the same few come back)."""
+    folder = root / safe_segment(label, "label") / "users"
+    if name is None:
+        return folder / "_system"
     try:
-        return root / safe_segment(name, "user")
+        return folder / safe_segment(name, "user")
     except InvalidJobError:
-        return root / f"user-{user.pk}"
+        return folder / f"user-{user_pk}"
 
 
 def declare_custom_status(label: str, text: str, category: Category | str) -> None:
@@ -249,7 +257,12 @@ _MISSING = object()
 def _jobs_folder(job: Job) -> str:
     """The folder (with a trailing separator) holding the default workspaces of the jobs of the
     job's app and user; a job's own is this plus its id."""
-    return f"{user_workspace(job.label, job.user) / 'jobs'}{os.sep}"
+    return _jobs_folder_in(user_workspace(job.label, job.user))
+
+
+@functools.lru_cache(maxsize=1024)
+def _jobs_folder_in(user_folder: Path) -> str:
+    return f"{user_folder / 'jobs'}{os.sep}"
 
 
 def _fill_id_fields(job: Job) -> dict[str, Any]:
@@ -278,6 +291,42 @@ def _finish_creation(job: Job) -> None:
 def _snapshot(job: Job) -> dict[str, Any]:
     names = [f.attname for f in job._meta.concrete_fields]
     return snapshot_values(names, [getattr(job, name) for name in names])
+
+
+def _field_plan() -> list[tuple[Any, str, tuple[type, ...], bool]]:
+    """For each concrete field of a job (the primary key included): the field, its attname, the
+    value types that its database preparation returns unchanged (so they go to the driver as they
+    are: ``str`` for text, ``int`` for integers and foreign keys, ``bool`` for booleans, and None
+    for these and for timestamps; JSON and everything else is always prepared), and whether its ``pre_save``
+    does more than read the attribute (``auto_now``; JSON fields are read through it, too).
+    Worked out once."""
+    global _FIELD_PLAN
+    if _FIELD_PLAN is None:
+        plan = []
+        for field in Job._meta.concrete_fields:
+            target = field.target_field if isinstance(field, models.ForeignKey) else field
+            as_is: tuple[type, ...] = ()
+            if isinstance(target, models.JSONField):
+                as_is = ()
+            elif isinstance(target, models.CharField | models.TextField):
+                as_is = (str, type(None))
+            elif isinstance(target, models.BooleanField):
+                as_is = (bool, type(None))
+            elif isinstance(target, models.IntegerField | models.AutoField):
+                as_is = (int, type(None))
+            elif isinstance(target, models.DateTimeField):
+                as_is = (type(None),)  # a datetime may need its time zone
+            # JSON too: its attribute decodes a value still in its loaded text.
+            own_pre_save = isinstance(target, models.JSONField) or (
+                type(field).pre_save is not models.Field.pre_save
+                and bool(getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False))
+            )
+            plan.append((field, field.attname, as_is, own_pre_save))
+        _FIELD_PLAN = plan
+    return _FIELD_PLAN
+
+
+_FIELD_PLAN: list[tuple[Any, str, tuple[type, ...], bool]] | None = None
 
 
 def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
@@ -346,17 +395,18 @@ def _copy_new_jobs(jobs: list[Job]) -> None:
     its field as ``bulk_create`` would. Each job is left saved, with what was written as the
     snapshot ``save()`` compares against."""
     qn = connection.ops.quote_name
-    fields = list(Job._meta.concrete_fields)
-    attnames = [f.attname for f in fields]
-    plain = (int, bool, datetime.datetime)
+    conn = connections[connection.alias]  # not the proxy: it costs a lookup per attribute
+    plan = _field_plan()
+    fields = [field for field, *_ in plan]
+    attnames = [attname for _, attname, *_ in plan]
     json_encoders = {i: f.encoder for i, f in enumerate(fields) if isinstance(f, models.JSONField)}
-    text = {i for i, f in enumerate(fields) if isinstance(f, models.CharField | models.TextField)}
-    own_pre_save = {
+    as_is = [field_as_is for _, _, field_as_is, _ in plan]
+    read_through = [
         i
-        for i, f in enumerate(fields)
-        if type(f).pre_save is not models.Field.pre_save
-        and (getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False))
-    }
+        for i, (_, _, _, own_pre_save) in enumerate(plan)
+        if own_pre_save and i not in json_encoders
+    ]
+    simple = [i for i in range(len(plan)) if i not in json_encoders and i not in read_through]
     job_sql = (
         f"COPY {qn(Job._meta.db_table)} ({', '.join(qn(str(f.column)) for f in fields)}) FROM STDIN"
     )
@@ -365,31 +415,35 @@ def _copy_new_jobs(jobs: list[Job]) -> None:
     event_template = [event_values.get(f.attname) for f in event_fields]
     event_slots = {f.attname: i for i, f in enumerate(event_fields)}
     db = connection.alias
+    empty_json = {i: RawJSON(json.dumps({}, cls=encoder)) for i, encoder in json_encoders.items()}
     with connection.cursor() as cursor:
         raw = cursor.cursor  # the driver's cursor: COPY is not part of Django's cursor API
         started = time.monotonic()
         with raw.copy(job_sql) as copy:
             for job in jobs:
-                row: list[Any] = []
-                for i, field in enumerate(fields):
-                    value = (
-                        field.pre_save(job, True)
-                        if i in own_pre_save
-                        else getattr(job, attnames[i])
-                    )
-                    if i in json_encoders:
-                        value = RawJSON(json.dumps(value, cls=json_encoders[i]))
-                    elif value is None or (value.__class__ is str and i in text):
-                        pass
-                    elif not isinstance(value, plain):
-                        value = field.get_db_prep_save(value, connection)
-                    row.append(value)
+                data = job.__dict__
+                row: list[Any] = [None] * len(plan)
+                for i in simple:
+                    value = data.get(attnames[i], _MISSING)
+                    if value is _MISSING:
+                        value = getattr(job, attnames[i])
+                    if value.__class__ not in as_is[i]:
+                        value = fields[i].get_db_prep_save(value, conn)
+                    row[i] = value
+                for i in read_through:
+                    row[i] = fields[i].get_db_prep_save(fields[i].pre_save(job, True), conn)
+                for i, encoder in json_encoders.items():
+                    value = getattr(job, attnames[i])
+                    if value.__class__ is dict and not value:
+                        row[i] = empty_json[i]
+                    else:
+                        row[i] = RawJSON(json.dumps(value, cls=encoder))
                 copy.write_row(row)
                 state = job._state
                 state.adding = False
                 state.db = db
-                job.__dict__.pop("_loaded", None)
-                job.__dict__["_loaded_row"] = (attnames, row)
+                data.pop("_loaded", None)
+                data["_loaded_row"] = (attnames, row)
         _log_copy(job_sql, len(jobs), started)
         started = time.monotonic()
         with raw.copy(event_sql) as copy:
@@ -452,28 +506,35 @@ def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
         yield items[start : start + size]
 
 
+#: Per database vendor: the fields of a creation event, the job column each of ``job_id``,
+#: ``attempt`` and ``to_status`` comes from, and the prepared values of the other fields but
+#: ``time`` (see :func:`_creation_event`).
+_EVENT_TEMPLATES: dict[str, tuple[list[Any], dict[str, str], dict[str, Any]]] = {}
+
+
 def _creation_event() -> tuple[list[Any], dict[str, str], dict[str, Any]]:
     """What a creation event is made of: its fields (no primary key); for the three taken from
     the job row, the job column each comes from; and the prepared value of every other field —
     the row ``JobEvent(job=…, attempt=…, to_status=…, source=app, message="created")`` would be,
-    other fields at their defaults."""
-    from_job = {
-        "job_id": str(Job._meta.get_field("id").column),
-        "attempt": str(Job._meta.get_field("attempt").column),
-        "to_status": str(Job._meta.get_field("_status").column),
-    }
-    given: dict[str, Any] = {
-        "time": timezone.now(),
-        "source": EventSource.APP.value,
-        "message": "created",
-    }
-    fields = [f for f in JobEvent._meta.concrete_fields if not f.primary_key]
-    values = {
-        f.attname: f.get_db_prep_save(given.get(f.attname, f.get_default()), connection)
-        for f in fields
-        if f.attname not in from_job
-    }
-    return fields, from_job, values
+    other fields at their defaults, ``time`` now. All but the time is worked out once."""
+    template = _EVENT_TEMPLATES.get(connection.vendor)
+    if template is None:
+        from_job = {
+            "job_id": str(Job._meta.get_field("id").column),
+            "attempt": str(Job._meta.get_field("attempt").column),
+            "to_status": str(Job._meta.get_field("_status").column),
+        }
+        given: dict[str, Any] = {"source": EventSource.APP.value, "message": "created"}
+        fields = [f for f in JobEvent._meta.concrete_fields if not f.primary_key]
+        constant = {
+            f.attname: f.get_db_prep_save(given.get(f.attname, f.get_default()), connection)
+            for f in fields
+            if f.attname not in from_job and f.attname != "time"
+        }
+        template = _EVENT_TEMPLATES[connection.vendor] = (fields, from_job, constant)
+    fields, from_job, constant = template
+    now = JobEvent._meta.get_field("time").get_db_prep_save(timezone.now(), connection)
+    return fields, from_job, {**constant, "time": now}
 
 
 def _creation_event_columns(source: str) -> tuple[list[str], list[str], list[Any]]:
@@ -492,6 +553,12 @@ def _creation_event_columns(source: str) -> tuple[list[str], list[str], list[Any
             selected.append("%s")
             params.append(values[field.attname])
     return columns, selected, params
+
+
+def _creation_event_params() -> list[Any]:
+    """The query parameters of :func:`_creation_event_columns`, alone."""
+    fields, from_job, values = _creation_event()
+    return [values[f.attname] for f in fields if f.attname not in from_job]
 
 
 def _insert_creation_events(job_ids: list[int]) -> None:
@@ -527,29 +594,70 @@ def _insert_job_and_event(job: Job) -> None:
     """Write a new job and its creation event in one statement (PostgreSQL): the id comes from
     the sequence inside it, ``{id}`` in the name and the default workspace are filled in by the
     database, and the event is selected from the inserted row. Outside a transaction that is one
-    round trip and one commit instead of five."""
-    qn = connection.ops.quote_name
-    own_workspace = not job.workspace
-    if own_workspace:
+    round trip and one commit instead of five. The statement's text depends only on the models
+    (and on whether the name has ``{id}`` and the workspace is the default one), so it is built
+    once; its parameters are bound by the server, which lets psycopg prepare it (see
+    :func:`_server_binding_cursor`)."""
+    folder = "" if job.workspace else _jobs_folder(job)
+    if folder:
         job.owns_workspace = True
+    name_has_id = "{id}" in job.name
+    sql, special = _insert_job_sql(name_has_id, bool(folder))
+    params: list[Any] = [Job._meta.db_table, str(Job._meta.get_field("id").column)]
+    conn = connections[connection.alias]  # not the proxy: it costs a lookup per attribute
+    data = job.__dict__
+    for field, attname, as_is, own_pre_save in _field_plan():
+        if field.primary_key:
+            continue
+        value = field.pre_save(job, True) if own_pre_save else data.get(attname, _MISSING)
+        if value is _MISSING:
+            value = getattr(job, attname)
+        if attname in special:
+            params.append(folder if attname == "workspace" else value)
+        elif value.__class__ in as_is:
+            params.append(value)  # what its preparation would return
+        else:
+            params.append(field.get_db_prep_save(value, conn))
+    params += _creation_event_params()
+    with _server_binding_cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    assert row is not None
+    job.id = int(row[0])
+    if name_has_id:
+        job.name = job.name.replace("{id}", str(job.id))
+    if folder:
+        job.workspace = folder + str(job.id)
+    job._state.adding = False
+    job._state.db = connection.alias
+
+
+_INSERT_JOB_SQL: dict[tuple[bool, bool], tuple[str, frozenset[str]]] = {}
+
+
+def _insert_job_sql(name_has_id: bool, own_workspace: bool) -> tuple[str, frozenset[str]]:
+    """The statement of :func:`_insert_job_and_event`, and the fields whose parameter is not
+    their prepared value (``name`` with ``{id}``: the raw name; ``workspace``: the folder)."""
+    key = (name_has_id, own_workspace)
+    cached = _INSERT_JOB_SQL.get(key)
+    if cached is not None:
+        return cached
+    qn = connection.ops.quote_name
     columns: list[str] = []
     values: list[str] = []
-    params: list[Any] = []
+    special: set[str] = set()
     for field in Job._meta.concrete_fields:
         columns.append(qn(str(field.column)))
         if field.primary_key:
             values.append("n.id")
-            continue
-        value = field.pre_save(job, True)
-        if field.attname == "name" and "{id}" in value:
-            values.append("replace(%s, '{id}', n.id::text)")
-            params.append(value)
+        elif field.attname == "name" and name_has_id:
+            values.append("replace(%s::text, '{id}', n.id::text)")
+            special.add("name")
         elif field.attname == "workspace" and own_workspace:
-            values.append("%s || n.id::text")
-            params.append(_jobs_folder(job))
+            values.append("%s::text || n.id::text")
+            special.add("workspace")
         else:
             values.append("%s")
-            params.append(field.get_db_prep_save(value, connection))
     job_table, event_table = qn(Job._meta.db_table), qn(JobEvent._meta.db_table)
     id_column = qn(str(Job._meta.get_field("id").column))
     returned = ", ".join(
@@ -559,24 +667,38 @@ def _insert_job_and_event(job: Job) -> None:
             qn(str(Job._meta.get_field("_status").column)),
         ]
     )
-    event_columns, event_selected, event_params = _creation_event_columns("j")
+    event_columns, event_selected, _ = _creation_event_columns("j")
     # Identifiers come from the models' metadata; every value is a query parameter.
     insert_job = f"INSERT INTO {job_table} ({', '.join(columns)}) SELECT {', '.join(values)} FROM n RETURNING {returned}"  # noqa: S608
     insert_event = f"INSERT INTO {event_table} ({', '.join(event_columns)}) SELECT {', '.join(event_selected)} FROM j"  # noqa: S608
     sql = (
-        "WITH n AS (SELECT nextval(pg_get_serial_sequence(%s, %s)) AS id), "  # noqa: S608
+        "WITH n AS (SELECT nextval(pg_get_serial_sequence(%s::text, %s::text)) AS id), "  # noqa: S608
         f"j AS ({insert_job}), e AS ({insert_event}) SELECT {id_column} FROM j"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            sql, [job_table, str(Job._meta.get_field("id").column), *params, *event_params]
-        )
-        row = cursor.fetchone()
-    assert row is not None
-    job.id = int(row[0])
-    _fill_id_fields(job)
-    job._state.adding = False
-    job._state.db = connection.alias
+    cached = _INSERT_JOB_SQL[key] = (sql, frozenset(special))
+    return cached
+
+
+def _server_binding_cursor() -> Any:
+    """A Django cursor (query logging, execute wrappers, error translation as usual) whose
+    parameters the server binds. Django's PostgreSQL cursors bind on the client unless the
+    database's ``server_side_binding`` option is set; a server-binding psycopg cursor lets psycopg
+    prepare a statement once it has run ``prepare_threshold`` times on the connection (5 by
+    default; ``OPTIONS["prepare_threshold"] = None`` for a pooler that cannot keep prepared
+    statements turns that off), so the server no longer parses and plans it each time. Any other
+    driver, or while queries are logged: the usual cursor."""
+    connection.ensure_connection()
+    raw = connection.connection
+    try:
+        import psycopg
+    except ImportError:  # psycopg2
+        return connection.cursor()
+    if not isinstance(raw, psycopg.Connection) or connection.queries_logged:
+        # Logged queries (DEBUG, CaptureQueriesContext) show the statement with its values
+        # only as a client-binding cursor runs it.
+        return connection.cursor()
+    connection.validate_thread_sharing()
+    return connection.make_cursor(psycopg.Cursor(raw))  # type: ignore[arg-type]  # a DB-API cursor
 
 
 # -- the one status-change primitive ---------------------------------------------------------------

@@ -3,6 +3,8 @@ read, and save() still writing exactly what app code changed — on the real dat
 
 from __future__ import annotations
 
+import copy
+import json
 import pickle
 from typing import Any
 
@@ -14,7 +16,7 @@ from django.db.models.signals import post_init
 from django.test.utils import CaptureQueriesContext
 
 from offload import BasicJob, Job, JobManager, LocalJob, SlurmJob
-from offload.loading import RawJSON
+from offload.loading import is_raw_json
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("offload_home")]
 
@@ -54,12 +56,43 @@ def test_json_stays_text_until_read_and_values_list_still_decodes(user: Any) -> 
     _jobs(user)
     job = Job.objects.filter(label="loading").order_by("id").first()
     assert job is not None
-    assert type(job.__dict__["extended_properties"]) is RawJSON
+    assert is_raw_json(job.__dict__, "extended_properties")
+    assert json.loads(job.__dict__["extended_properties"]) == {"a": 1}
     assert job.extended_properties == {"a": 1}
     assert type(job.__dict__["extended_properties"]) is dict
+    assert not is_raw_json(job.__dict__, "extended_properties")
     props = Job.objects.filter(pk=job.pk).values_list("extended_properties", flat=True).get()
     assert props == {"a": 1}
     assert Job.objects.filter(pk=job.pk).values("parameters").get() == {"parameters": {}}
+
+
+def test_an_assigned_string_is_a_value_even_when_it_is_the_loaded_text(user: Any) -> None:
+    """JSON text is known undecoded by being the row's own object. A one-character text such as
+    ``5`` is a string Python shares, so assigning the string "5" must not be taken for it."""
+    job = JobManager("loading").create_job("digit", user, extended_properties={"a": 1})
+    job.save()
+    Job.objects.filter(pk=job.pk).update(engine_state=5)
+    loaded = Job.objects.get(pk=job.pk)
+    assert loaded.__dict__["engine_state"] == "5" and is_raw_json(loaded.__dict__, "engine_state")
+    loaded.engine_state = "5"  # the same (shared) string object, now a JSON string
+    assert loaded.engine_state == "5"
+    again = Job.objects.get(pk=job.pk)
+    assert again.engine_state == 5
+
+
+def test_pickled_and_copied_jobs_keep_their_json(user: Any) -> None:
+    job = JobManager("loading").create_job("pickled", user, parameters={"p": [1, 2]})
+    job.save()
+    loaded = Job.objects.get(pk=job.pk)
+    for other in (pickle.loads(pickle.dumps(loaded)), copy.copy(loaded)):
+        assert other.parameters == {"p": [1, 2]}
+        assert other.extended_properties == {}
+        other.description = "changed"
+        with CaptureQueriesContext(connection) as queries:
+            other.save()
+        updates = [q["sql"] for q in queries.captured_queries if "UPDATE" in q["sql"]]
+        assert len(updates) == 1 and "parameters" not in updates[0]
+    assert loaded.parameters == {"p": [1, 2]}
 
 
 @pytest.mark.parametrize("read_first", [False, True])

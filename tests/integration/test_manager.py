@@ -169,6 +169,40 @@ def test_create_and_save_writes_job_and_event_in_one_statement_on_postgres(
     assert Job.objects.get(pk=job.pk).description == "changed"
 
 
+def test_creating_jobs_one_at_a_time_uses_a_prepared_statement_on_postgres(
+    user: Any, offload_home: Path
+) -> None:
+    """The one-statement insert binds its parameters on the server, so psycopg prepares it after
+    a few runs; the jobs it writes are the same either way (names with and without {id}, given
+    and default workspaces, empty and JSON values)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are a PostgreSQL matter")
+    manager = JobManager("app1")
+    made = []
+    for i in range(30):  # psycopg prepares a statement on its 5th run
+        job = manager.create_job(
+            "named {id}" if i % 2 else "plain",
+            user,
+            workspace="" if i % 3 else str(offload_home / f"given-{i}"),
+            description="" if i == 5 else f"job {i}",
+            extended_properties={"i": i, "nested": {"list": [i, None]}},
+        )
+        job.save()
+        made.append(job)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("pg_get_serial_sequence" in text for text in prepared), prepared
+    for i, job in enumerate(made):
+        stored = Job.objects.get(pk=job.pk)
+        assert stored.name == (f"named {job.pk}" if i % 2 else "plain")
+        assert stored.workspace == job.workspace
+        assert stored.owns_workspace == bool(i % 3)
+        assert stored.description == ("" if i == 5 else f"job {i}")
+        assert stored.extended_properties == {"i": i, "nested": {"list": [i, None]}}
+        assert [e.to_status for e in stored.events] == ["PEN"]
+
+
 def test_save_signal_receivers_still_hear_new_jobs(user: Any) -> None:
     from django.db.models.signals import post_save
 

@@ -77,7 +77,30 @@ def _database(url: str) -> dict[str, Any]:
         # stay disabled, so the default is 0; a WSGI deployment can raise it.
         config["CONN_MAX_AGE"] = int(os.environ.get("OFFLOAD_DB_CONN_MAX_AGE", "0"))
         config["CONN_HEALTH_CHECKS"] = True
+        config["OPTIONS"] = {
+            "prepare_threshold": _prepare_threshold(),
+            **config.get("OPTIONS", {}),
+        }
     return config
+
+
+def _prepare_threshold() -> int | None:
+    """psycopg prepares a statement on the server once a connection has run it this many times
+    (``OFFLOAD_DB_PREPARE_THRESHOLD``, default 5). Django turns that off by default for the sake
+    of poolers in transaction mode (PgBouncer before 1.21), which cannot keep prepared statements:
+    behind one, set ``OFFLOAD_DB_PREPARE_THRESHOLD=off``."""
+    text = os.environ.get("OFFLOAD_DB_PREPARE_THRESHOLD", "5").strip().lower()
+    if text in ("off", "none", ""):
+        return None
+    try:
+        threshold = int(text)
+    except ValueError:
+        raise RuntimeError(
+            f"OFFLOAD_DB_PREPARE_THRESHOLD={text!r} is not a number of runs or 'off'"
+        ) from None
+    if threshold < 0:
+        raise RuntimeError(f"OFFLOAD_DB_PREPARE_THRESHOLD={text!r} must not be negative")
+    return threshold
 
 
 HOME = default_home()
