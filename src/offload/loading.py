@@ -31,6 +31,7 @@ from django.db.models.base import ModelState
 from django.db.models.query import ModelIterable, get_related_populators
 from django.db.models.query_utils import DeferredAttribute
 from django.db.models.signals import post_init, pre_init
+from django.db.models.sql.constants import CURSOR
 
 #: Rows turned into objects at a time by ``iterator()`` (see :class:`JobIterable`).
 BATCH_ROWS = 1000
@@ -103,6 +104,22 @@ def value_changed(instance: Any, attname: str, loaded: Any) -> bool:
     return bool(loaded != getattr(instance, attname))
 
 
+def fetch_all_rows(compiler: Any) -> list[Any]:
+    """The rows of ``compiler``'s query, all at once (what ``execute_sql()`` returns, as one
+    list of rows instead of a list of 100-row chunks)."""
+    cursor = compiler.execute_sql(CURSOR)
+    if cursor is None:
+        return []  # a query that can match nothing (pk__in=[]) is not run
+    try:
+        rows: list[Any] = cursor.fetchall()
+    finally:
+        cursor.close()
+    if compiler.has_extra_select:
+        count = compiler.col_count
+        rows = [row[:count] for row in rows]
+    return rows
+
+
 class JobIterable(ModelIterable):  # type: ignore[type-arg]
     """Yields a typed job object per row (see the module's docstring)."""
 
@@ -119,7 +136,12 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
             return
         db = queryset.db
         compiler = queryset.query.get_compiler(using=db)
-        results = compiler.execute_sql(chunked_fetch=self.chunked_fetch, chunk_size=self.chunk_size)
+        if self.chunked_fetch:  # iterator(): rows as the database streams them
+            rows: Any = chain.from_iterable(
+                compiler.execute_sql(chunked_fetch=True, chunk_size=self.chunk_size)
+            )
+        else:  # every row at once, as Django would, in one fetch instead of one per 100 rows
+            rows = fetch_all_rows(compiler)
         select, klass_info, annotation_col_map = (
             compiler.select,
             compiler.klass_info,
@@ -135,7 +157,6 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
         for i, column in enumerate(select[start:end]):
             if isinstance(column[0].target, LazyJSONField):
                 converters.pop(start + i, None)
-        rows: Any = chain.from_iterable(results)
         if converters:
             rows = compiler.apply_converters(rows, converters)
         related_populators = get_related_populators(klass_info, select, db)  # type: ignore[call-arg]
@@ -183,8 +204,8 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
                     values: Any = row if whole_row else row[start:end]
                     cls = classes.get(values[type_index], model_cls)
                     obj = cls.__new__(cls)
-                    data = obj.__dict__
-                    data.update(zip(init_list, values, strict=False))
+                    data = dict(zip(init_list, values, strict=False))
+                    obj.__dict__ = data
                     state = new_state()
                     state.adding = False
                     state.db = db

@@ -10,6 +10,8 @@ Nothing here calls a scheduler except :func:`get_logs` (reading the job's own lo
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import datetime
 import functools
 import importlib
@@ -809,7 +811,7 @@ def apply_change(
                 .update(**fields)
             )
             if updated:
-                JobEvent.objects.create(
+                event = JobEvent(
                     job_id=job.pk,
                     attempt=fields.get("attempt", job.attempt),
                     time=now,
@@ -821,8 +823,26 @@ def apply_change(
                     message=change.message or "",
                     actor=change.actor,
                 )
-                if change.status in rules.RESULTS_PENDING:
-                    _add_intent(job.pk, IntentAction.RESULTS, fields.get("attempt", job.attempt))
+                intent = (
+                    JobIntent(
+                        job_id=job.pk,
+                        action=IntentAction.RESULTS,
+                        attempt=fields.get("attempt", job.attempt),
+                        payload={},
+                    )
+                    if change.status in rules.RESULTS_PENDING
+                    else None
+                )
+                pending = _PENDING_WRITES.get()
+                if pending is not None:
+                    # A poll's batch: written together at its end, in the same transaction.
+                    pending.events.append(event)
+                    if intent is not None:
+                        pending.intents.append(intent)
+                else:
+                    event.save(force_insert=True)
+                    if intent is not None:
+                        intent.save(force_insert=True)
         if updated:
             for name, value in fields.items():
                 setattr(job, name, value)
@@ -1523,13 +1543,20 @@ def apply_reports(
         known.append((job, report))
     # The changes are written in transactions of APPLY_BATCH jobs: one commit per batch instead
     # of one per job (a commit waits for the disk), and a batch holds its locks only briefly.
+    # Their events (and result intents) are inserted together at the end of the batch.
     for start in range(0, len(known), APPLY_BATCH):
         with transaction.atomic():
-            for job, report in known[start : start + APPLY_BATCH]:
-                if _apply_report(job, report, source):
-                    counts["changed"] += 1
-                else:
-                    counts["same"] += 1
+            pending = _PendingWrites()
+            token = _PENDING_WRITES.set(pending)
+            try:
+                for job, report in known[start : start + APPLY_BATCH]:
+                    if _apply_report(job, report, source):
+                        counts["changed"] += 1
+                    else:
+                        counts["same"] += 1
+            finally:
+                _PENDING_WRITES.reset(token)
+            pending.write()
     counts["stale"] = mark_stale(
         unknown, reason="unknown to the scheduler", last_contact=last_contact
     )
@@ -1539,6 +1566,26 @@ def apply_reports(
 
 #: Jobs whose poll answers are written in one transaction.
 APPLY_BATCH = 200
+
+
+@dataclass
+class _PendingWrites:
+    """Rows :func:`apply_change` leaves for the end of a poll's batch (see :func:`apply_reports`)."""
+
+    events: list[JobEvent] = dataclasses.field(default_factory=list)
+    intents: list[JobIntent] = dataclasses.field(default_factory=list)
+
+    def write(self) -> None:
+        if self.events:
+            JobEvent.objects.bulk_create(self.events)
+        if self.intents:
+            JobIntent.objects.bulk_create(self.intents)
+
+
+#: Set while a poll's batch is applied: where apply_change puts its events and intents.
+_PENDING_WRITES: contextvars.ContextVar[_PendingWrites | None] = contextvars.ContextVar(
+    "offload_pending_writes", default=None
+)
 
 
 def _apply_report(job: Job, report: NativeReport, source: str) -> bool:

@@ -205,3 +205,18 @@ def test_timestamps_load_as_utc_datetimes_with_the_fast_loader_on_postgres(user:
             (value,) = cursor.fetchone()
         assert value == datetime.datetime(2026, 1, 2, 1, 4, 5, 678901, tzinfo=datetime.UTC)
         assert value.tzinfo is datetime.UTC
+
+
+def test_empty_extra_select_and_streamed_queries_load_like_django(user: Any) -> None:
+    jobs = _jobs(user)
+    assert list(Job.objects.filter(pk__in=[])) == []
+    assert list(Job.objects.none()) == []
+    extra = list(
+        Job.objects.filter(label="loading").extra(select={"twice": "id * 2"}).order_by("id")
+    )
+    assert [(j.pk, j.twice) for j in extra] == [(j.pk, 2 * j.pk) for j in jobs]
+    assert [type(j) for j in extra] == [BasicJob, LocalJob, SlurmJob]
+    streamed = list(Job.objects.filter(label="loading").order_by("id").iterator(chunk_size=2))
+    assert [(type(j), j.pk, j.extended_properties) for j in streamed] == [
+        (type(j), j.pk, j.extended_properties) for j in extra
+    ]

@@ -552,3 +552,43 @@ def test_results_function_must_be_importable(manager: JobManager, user: Any) -> 
     assert info.value.field == "process_results_function"
     with pytest.raises(InvalidJobError):
         manager.create_job("x", user, process_results_function="not a path")
+
+
+def test_a_polls_changes_write_their_events_and_result_intents_together(
+    manager: JobManager, user: Any
+) -> None:
+    """One conditional UPDATE per changed job, but one INSERT for all the batch's events and one
+    for its result intents; every event as apply_change alone would write it."""
+    from offload.engines.base import NativeReport
+    from offload.store import apply_reports
+
+    jobs = []
+    for i in range(6):
+        job = manager.create_job(f"polled {i}", user)
+        job.save()
+        job.execute()
+        jobs.append(Job.objects.get(pk=job.pk))
+    # Job 0 stays Submitted (no change), 1-3 run, 4-5 complete with result processing pending.
+    jobs[4]._process_results_function = "json.dumps"
+    jobs[5]._process_results_function = "json.dumps"
+    reports = {
+        jobs[0].pk: NativeReport(jobs[0].pk, Status.SUBMITTED),
+        **{j.pk: NativeReport(j.pk, Status.RUNNING, "R", "started") for j in jobs[1:4]},
+        **{j.pk: NativeReport(j.pk, Status.COMPLETE, "CD", exit_code=0) for j in jobs[4:]},
+    }
+    with CaptureQueriesContext(connection) as ctx:
+        counts = apply_reports({j.pk: j for j in jobs}, reports)
+    assert counts == {"changed": 5, "same": 1, "stale": 0}
+    writes = _write_queries(ctx)
+    assert sum(w.lstrip().upper().startswith("UPDATE") for w in writes) == 5
+    inserts = [w for w in writes if w.lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == 2, inserts  # the events, the result intents
+    for job in jobs[1:4]:
+        assert _events(Job.objects.get(pk=job.pk))[-1] == ("SUB", "RUN", "poll")
+        assert Job.objects.get(pk=job.pk).status_message == "started"
+    for job in jobs[4:]:
+        assert _events(Job.objects.get(pk=job.pk))[-1] == ("SUB", "RES", "poll")
+        assert JobIntent.objects.filter(
+            job_id=job.pk, action=IntentAction.RESULTS, done_at__isnull=True
+        ).exists()
+    assert _events(Job.objects.get(pk=jobs[0].pk))[-1][1] == "SUB"
