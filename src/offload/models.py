@@ -523,7 +523,21 @@ class LocalJob(Job):
         proxy = True
 
 
-class SlurmJob(Job):
+class BatchCommand:
+    """The parameters every batch-scheduler job type shares (Slurm, PBS, Grid Engine): a command
+    or a script, its environment and folder, and the offload jobs it waits for. Each type adds
+    its resources and names them all in ``parameter_names``."""
+
+    executable = parameter("executable", "The program to run (or give a script).")
+    arguments = parameter("arguments", "Its argument list; never a shell string.")
+    environment = parameter("environment", "Extra environment variables for the job.")
+    working_directory = parameter("working_directory", "Its folder (default: the workspace).")
+    dependencies = parameter(
+        "dependencies", 'Offload jobs to wait for: ids (afterok) or {"type": …, "job": id}.'
+    )
+
+
+class SlurmJob(BatchCommand, Job):
     """A Slurm batch job: a command (``executable`` + ``arguments``) or a ``script``, plus
     resources. Every value is validated by the Slurm engine before it is written into the script."""
 
@@ -548,11 +562,7 @@ class SlurmJob(Job):
         "array",
     )
 
-    executable = parameter("executable", "The program to run (or give a script).")
-    arguments = parameter("arguments", "Its argument list; never a shell string.")
     script = parameter("script", "A bash script body, run after the #SBATCH directives.")
-    environment = parameter("environment", "Extra environment variables for the job.")
-    working_directory = parameter("working_directory", "Its folder (default: the workspace).")
     partition = parameter("partition", "The Slurm partition (--partition).")
     account = parameter("account", "The account charged (--account).")
     qos = parameter("qos", "The quality of service (--qos).")
@@ -562,9 +572,6 @@ class SlurmJob(Job):
     memory = parameter("memory", "Memory per node: megabytes or '4G' (--mem).")
     wall_time = parameter("wall_time", "Time limit: minutes, HH:MM:SS or D-HH:MM:SS (--time).")
     extra_directives = parameter("extra_directives", "More sbatch options, one per item.")
-    dependencies = parameter(
-        "dependencies", 'Offload jobs to wait for: ids (afterok) or {"type": …, "job": id}.'
-    )
     array = parameter(
         "array", "A job array: task indexes such as '1-100%10' (--array); a status per task."
     )
@@ -573,7 +580,7 @@ class SlurmJob(Job):
         proxy = True
 
 
-class PbsJob(Job):
+class PbsJob(BatchCommand, Job):
     """A PBS Pro / Torque batch job (tested against slurm-wlm-torque's PBS-compatible commands)."""
 
     type_code = "PBS"
@@ -595,11 +602,7 @@ class PbsJob(Job):
         "dependencies",
     )
 
-    executable = parameter("executable", "The program to run (or give a script).")
-    arguments = parameter("arguments", "Its argument list; never a shell string.")
     script = parameter("script", "A bash script body, run after the #PBS directives.")
-    environment = parameter("environment", "Extra environment variables for the job.")
-    working_directory = parameter("working_directory", "Its folder (default: the workspace).")
     queue = parameter("queue", "The queue (-q).")
     account = parameter("account", "The account charged (-A).")
     nodes = parameter("nodes", "Number of nodes (-l nodes=N).")
@@ -608,15 +611,12 @@ class PbsJob(Job):
     wall_time = parameter("wall_time", "Time limit: minutes, HH:MM:SS or D-HH:MM:SS (walltime).")
     array = parameter("array", "An array job: '1-10', '1-10%2' (-t; -J for PBS Pro).")
     extra_directives = parameter("extra_directives", "More qsub options, one per item.")
-    dependencies = parameter(
-        "dependencies", 'Offload jobs to wait for: ids (afterok) or {"type": …, "job": id}.'
-    )
 
     class Meta:
         proxy = True
 
 
-class SgeJob(Job):
+class SgeJob(BatchCommand, Job):
     """A (Son of) Grid Engine batch job: a command (``executable`` + ``arguments``) or a
     ``script``, plus resources. Every value is validated by the Grid Engine engine first."""
 
@@ -639,11 +639,7 @@ class SgeJob(Job):
         "dependencies",
     )
 
-    executable = parameter("executable", "The program to run (or give a script).")
-    arguments = parameter("arguments", "Its argument list; never a shell string.")
     script = parameter("script", "A bash script body, run after the #$ directives.")
-    environment = parameter("environment", "Extra environment variables for the job.")
-    working_directory = parameter("working_directory", "Its folder (default: the workspace).")
     queue = parameter("queue", "The cluster queue (-q).")
     project = parameter("project", "The project charged (-P).")
     parallel_environment = parameter("parallel_environment", "Parallel environment name (-pe).")
@@ -652,9 +648,6 @@ class SgeJob(Job):
     wall_time = parameter("wall_time", "Time limit: minutes, HH:MM:SS or D-HH:MM:SS (-l h_rt).")
     array = parameter("array", "An array job: '1-10', '1-10:2', '1-100%10' (-t, -tc).")
     extra_directives = parameter("extra_directives", "More qsub options, one per item.")
-    dependencies = parameter(
-        "dependencies", 'Offload jobs to wait for: ids (afterok) or {"type": …, "job": id}.'
-    )
 
     class Meta:
         proxy = True
