@@ -737,67 +737,9 @@ def apply_change(
     for _ in range(3):
         if attempt is not None and job.attempt != attempt:
             return False
-        current = Status(job._status)
-        cur_props = job.extended_properties or {}
-        cur_text = str(cur_props.get(OTHER_STATUS_KEY, "")) if current == Status.OTHER else ""
-        verdict = (
-            Verdict.APPLY
-            if force
-            else rules.check_transition(
-                current,
-                change.status,
-                current_category=job.other_category,
-                new_category=change.category,
-                current_text=cur_text,
-                new_text=change.text,
-            )
-        )
-        if verdict != Verdict.APPLY:
-            if verdict == Verdict.SAME and (
-                change.message or change.native_status or change.fields
-            ):
-                _update_details(job, change)
-            elif (
-                verdict == Verdict.BACKWARD
-                and change.source in (EventSource.POLL, EventSource.PUSH)
-                and (change.native_status or change.fields)
-            ):
-                # The scheduler moved the job back (Slurm requeued it; an array task restarted):
-                # the status stays, but what the scheduler says now is kept.
-                _update_details(
-                    job,
-                    Change(
-                        current,
-                        change.source,
-                        native_status=change.native_status,
-                        fields=change.fields,
-                    ),
-                )
+        planned = _decide(job, change, force=force)
+        if planned is None:
             return False
-        now = timezone.now()
-        fields = _side_effects(job, change.status, now)
-        props = dict(cur_props)
-        if change.status == Status.OTHER:
-            props[OTHER_STATUS_KEY] = change.text
-            if change.category is not None:
-                props[OTHER_CATEGORY_KEY] = change.category.value
-            else:
-                props.pop(OTHER_CATEGORY_KEY, None)
-        else:
-            props.pop(OTHER_STATUS_KEY, None)
-            props.pop(OTHER_CATEGORY_KEY, None)
-        if props != cur_props:
-            fields["extended_properties"] = props
-        fields["_status"] = change.status.value
-        if change.message is not None:
-            fields["status_message"] = change.message
-        if change.native_status is not None:
-            fields["native_status"] = change.native_status
-        if change.source in (EventSource.POLL, EventSource.PUSH):
-            fields["last_contact"] = now
-            fields["stale_since"] = None
-        if change.fields:
-            fields.update(change.fields)
         # No savepoint when called inside a transaction (a poll's batch): a failure there fails
         # the batch, which the next poll applies again.
         with transaction.atomic(savepoint=False):
@@ -807,48 +749,182 @@ def apply_change(
                 # row: after many jobs changed status, stale statistics make PostgreSQL prefer the
                 # (status, job_type) index, one scan of every job in that status per update.
                 .alias(status_now=Concat("_status", Value("")))
-                .filter(status_now=current.value)
-                .update(**fields)
+                .filter(status_now=planned.current.value)
+                .update(**planned.fields)
             )
             if updated:
-                event = JobEvent(
-                    job_id=job.pk,
-                    attempt=fields.get("attempt", job.attempt),
-                    time=now,
-                    from_status=current.value,
-                    to_status=change.status.value,
-                    status_text=change.text if change.status == Status.OTHER else "",
-                    source=change.source,
-                    native_status=change.native_status or "",
-                    message=change.message or "",
-                    actor=change.actor,
-                )
-                intent = (
-                    JobIntent(
-                        job_id=job.pk,
-                        action=IntentAction.RESULTS,
-                        attempt=fields.get("attempt", job.attempt),
-                        payload={},
-                    )
-                    if change.status in rules.RESULTS_PENDING
-                    else None
-                )
-                pending = _PENDING_WRITES.get()
-                if pending is not None:
-                    # A poll's batch: written together at its end, in the same transaction.
-                    pending.events.append(event)
-                    if intent is not None:
-                        pending.intents.append(intent)
-                else:
-                    event.save(force_insert=True)
-                    if intent is not None:
-                        intent.save(force_insert=True)
+                _record(planned)
         if updated:
-            for name, value in fields.items():
-                setattr(job, name, value)
             return True
         _reload(job)  # someone else changed it first: decide again on fresh data
     return False
+
+
+@dataclass
+class _Planned:
+    """A status change the rules accept, before it is written: the job, the change, the status
+    it moves from (the write's condition) and every field the write sets."""
+
+    job: Job
+    change: Change
+    current: Status
+    fields: dict[str, Any]
+    now: datetime.datetime
+
+
+def _decide(job: Job, change: Change, *, force: bool = False) -> _Planned | None:
+    """What applying ``change`` to ``job`` (as loaded) writes, or None when the rules refuse it.
+    A refused change may still update details: the same status with a new message or native
+    status, or what the scheduler says of a job it moved back."""
+    current = Status(job._status)
+    cur_props = job.extended_properties or {}
+    cur_text = str(cur_props.get(OTHER_STATUS_KEY, "")) if current == Status.OTHER else ""
+    verdict = (
+        Verdict.APPLY
+        if force
+        else rules.check_transition(
+            current,
+            change.status,
+            current_category=job.other_category,
+            new_category=change.category,
+            current_text=cur_text,
+            new_text=change.text,
+        )
+    )
+    if verdict != Verdict.APPLY:
+        if verdict == Verdict.SAME and (change.message or change.native_status or change.fields):
+            _update_details(job, change)
+        elif (
+            verdict == Verdict.BACKWARD
+            and change.source in (EventSource.POLL, EventSource.PUSH)
+            and (change.native_status or change.fields)
+        ):
+            # The scheduler moved the job back (Slurm requeued it; an array task restarted):
+            # the status stays, but what the scheduler says now is kept.
+            _update_details(
+                job,
+                Change(
+                    current,
+                    change.source,
+                    native_status=change.native_status,
+                    fields=change.fields,
+                ),
+            )
+        return None
+    now = timezone.now()
+    fields = _side_effects(job, change.status, now)
+    props = dict(cur_props)
+    if change.status == Status.OTHER:
+        props[OTHER_STATUS_KEY] = change.text
+        if change.category is not None:
+            props[OTHER_CATEGORY_KEY] = change.category.value
+        else:
+            props.pop(OTHER_CATEGORY_KEY, None)
+    else:
+        props.pop(OTHER_STATUS_KEY, None)
+        props.pop(OTHER_CATEGORY_KEY, None)
+    if props != cur_props:
+        fields["extended_properties"] = props
+    fields["_status"] = change.status.value
+    if change.message is not None:
+        fields["status_message"] = change.message
+    if change.native_status is not None:
+        fields["native_status"] = change.native_status
+    if change.source in (EventSource.POLL, EventSource.PUSH):
+        fields["last_contact"] = now
+        fields["stale_since"] = None
+    if change.fields:
+        fields.update(change.fields)
+    return _Planned(job, change, current, fields, now)
+
+
+def _record(planned: _Planned) -> None:
+    """After a change's row was written: its event (and the result-processing intent a change
+    to Results-Ready calls for), then the new values on the job object."""
+    job, change, fields = planned.job, planned.change, planned.fields
+    event = JobEvent(
+        job_id=job.pk,
+        attempt=fields.get("attempt", job.attempt),
+        time=planned.now,
+        from_status=planned.current.value,
+        to_status=change.status.value,
+        status_text=change.text if change.status == Status.OTHER else "",
+        source=change.source,
+        native_status=change.native_status or "",
+        message=change.message or "",
+        actor=change.actor,
+    )
+    intent = (
+        JobIntent(
+            job_id=job.pk,
+            action=IntentAction.RESULTS,
+            attempt=fields.get("attempt", job.attempt),
+            payload={},
+        )
+        if change.status in rules.RESULTS_PENDING
+        else None
+    )
+    pending = _PENDING_WRITES.get()
+    if pending is not None:
+        # A poll's batch: written together at its end, in the same transaction.
+        pending.events.append(event)
+        if intent is not None:
+            pending.intents.append(intent)
+    else:
+        event.save(force_insert=True)
+        if intent is not None:
+            intent.save(force_insert=True)
+    for name, value in fields.items():
+        setattr(job, name, value)
+
+
+def _write_together(plans: list[_Planned]) -> bool:
+    """Write several accepted changes with one conditional UPDATE (each row only if it still has
+    the attempt and status its change was decided on), then record them. False, with nothing
+    written, when any row no longer matched: the caller then applies them one by one."""
+    if not plans:
+        return True
+    # One statement, written out rather than built from ORM expressions: compiling hundreds of
+    # When() objects costs far more than the UPDATEs it replaces. Every value is a parameter.
+    qn = connection.ops.quote_name
+    table = qn(Job._meta.db_table)
+    id_column = qn(str(Job._meta.get_field("id").column))
+    attempt_column = qn(str(Job._meta.get_field("attempt").column))
+    status_column = qn(str(Job._meta.get_field("_status").column))
+    assignments: list[str] = []
+    params: list[Any] = []
+    for name in sorted({name for planned in plans for name in planned.fields}):
+        model_field = Job._meta.get_field(name)
+        assert isinstance(model_field, models.Field)
+        column = qn(str(model_field.column))
+        branches: list[str] = []
+        for planned in plans:
+            if name in planned.fields:
+                branches.append("WHEN %s THEN %s")
+                value = model_field.get_db_prep_save(planned.fields[name], connection)
+                params += [planned.job.pk, value]
+        assignments.append(f"{column} = CASE {id_column} {' '.join(branches)} ELSE {column} END")
+    ids = ", ".join(["%s"] * len(plans))
+    params += [planned.job.pk for planned in plans]
+    conditions = " ".join(
+        [f"WHEN %s THEN ({attempt_column} = %s AND {status_column} = %s)"] * len(plans)
+    )
+    for planned in plans:
+        params += [planned.job.pk, planned.job.attempt, planned.current.value]
+    sql = (
+        f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608
+        f"WHERE {id_column} IN ({ids}) AND CASE {id_column} {conditions} ELSE FALSE END"
+    )
+    with transaction.atomic():  # a savepoint inside the batch's transaction
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            count = cursor.rowcount
+        if count != len(plans):
+            transaction.set_rollback(True)
+            return False
+    for planned in plans:
+        _record(planned)
+    return True
 
 
 def _update_details(job: Job, change: Change) -> None:
@@ -1549,11 +1625,23 @@ def apply_reports(
             pending = _PendingWrites()
             token = _PENDING_WRITES.set(pending)
             try:
+                plans: list[_Planned] = []
                 for job, report in known[start : start + APPLY_BATCH]:
-                    if _apply_report(job, report, source):
-                        counts["changed"] += 1
-                    else:
+                    planned = _decide_report(job, report, source)
+                    if planned is None:
                         counts["same"] += 1
+                    else:
+                        plans.append(planned)
+                if _write_together(plans):
+                    counts["changed"] += len(plans)
+                else:
+                    # Another writer changed one of these jobs meanwhile: each on its own,
+                    # decided again on fresh data where its row moved.
+                    for planned in plans:
+                        if apply_change(planned.job, planned.change):
+                            counts["changed"] += 1
+                        else:
+                            counts["same"] += 1
             finally:
                 _PENDING_WRITES.reset(token)
             pending.write()
@@ -1588,24 +1676,29 @@ _PENDING_WRITES: contextvars.ContextVar[_PendingWrites | None] = contextvars.Con
 )
 
 
-def _apply_report(job: Job, report: NativeReport, source: str) -> bool:
-    """One job's poll answer through the status rules (True when its status changed)."""
+def _report_change(job: Job, report: NativeReport, source: str) -> Change | None:
+    """One job's poll answer as a change (None when the engine gave no status)."""
     new = report.status
     if new is None:
-        return False
+        return None
     if new == Status.COMPLETE and job._process_results_function:
         new = Status.RESULTS_READY
     fields: dict[str, Any] | None = None
     if report.state:
         fields = {"engine_state": dict(job.engine_state or {}) | dict(report.state)}
-    change = Change(
+    return Change(
         new,
         source,
         message=report.message if report.message else None,
         native_status=report.native_status or None,
         fields=fields,
     )
-    return apply_change(job, change)
+
+
+def _decide_report(job: Job, report: NativeReport, source: str) -> _Planned | None:
+    """One job's poll answer through the status rules: the change to write, or None."""
+    change = _report_change(job, report, source)
+    return None if change is None else _decide(job, change)
 
 
 def note_intent_job_changed(job: Job) -> None:

@@ -557,8 +557,8 @@ def test_results_function_must_be_importable(manager: JobManager, user: Any) -> 
 def test_a_polls_changes_write_their_events_and_result_intents_together(
     manager: JobManager, user: Any
 ) -> None:
-    """One conditional UPDATE per changed job, but one INSERT for all the batch's events and one
-    for its result intents; every event as apply_change alone would write it."""
+    """One conditional UPDATE for all the batch's changed jobs, one INSERT for their events and
+    one for the result intents; every row and event as apply_change alone would write it."""
     from offload.engines.base import NativeReport
     from offload.store import apply_reports
 
@@ -580,7 +580,7 @@ def test_a_polls_changes_write_their_events_and_result_intents_together(
         counts = apply_reports({j.pk: j for j in jobs}, reports)
     assert counts == {"changed": 5, "same": 1, "stale": 0}
     writes = _write_queries(ctx)
-    assert sum(w.lstrip().upper().startswith("UPDATE") for w in writes) == 5
+    assert sum(w.lstrip().upper().startswith("UPDATE") for w in writes) == 1
     inserts = [w for w in writes if w.lstrip().upper().startswith("INSERT")]
     assert len(inserts) == 2, inserts  # the events, the result intents
     for job in jobs[1:4]:
@@ -592,3 +592,30 @@ def test_a_polls_changes_write_their_events_and_result_intents_together(
             job_id=job.pk, action=IntentAction.RESULTS, done_at__isnull=True
         ).exists()
     assert _events(Job.objects.get(pk=jobs[0].pk))[-1][1] == "SUB"
+
+
+def test_a_poll_batch_raced_by_another_writer_falls_back_to_one_by_one(
+    manager: JobManager, user: Any
+) -> None:
+    """If another writer moved one of the batch's jobs after the monitor loaded it, the batch's
+    UPDATE writes nothing and each change is decided again on fresh data: the raced job gets no
+    second event, the others change as reported."""
+    from offload.engines.base import NativeReport
+    from offload.store import apply_reports
+
+    jobs = []
+    for i in range(3):
+        job = manager.create_job(f"raced {i}", user)
+        job.save()
+        job.execute()
+        jobs.append(Job.objects.get(pk=job.pk))
+    # Behind the monitor's back, job 1 is stopped (Aborted) by someone else.
+    Job.objects.get(pk=jobs[1].pk).update_status("Aborted")
+    reports = {j.pk: NativeReport(j.pk, Status.RUNNING, "R") for j in jobs}
+    counts = apply_reports({j.pk: j for j in jobs}, reports)
+    assert counts["changed"] == 2
+    assert [Job.objects.get(pk=j.pk).status for j in jobs] == ["Running", "Aborted", "Running"]
+    raced = _events(Job.objects.get(pk=jobs[1].pk))
+    assert [to for _, to, _ in raced] == ["PEN", "SUB", "ABT"]
+    for job in (jobs[0], jobs[2]):
+        assert [to for _, to, _ in _events(Job.objects.get(pk=job.pk))] == ["PEN", "SUB", "RUN"]
