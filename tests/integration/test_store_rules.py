@@ -573,7 +573,10 @@ def test_a_polls_changes_write_their_events_and_result_intents_together(
     jobs[5]._process_results_function = "json.dumps"
     reports = {
         jobs[0].pk: NativeReport(jobs[0].pk, Status.SUBMITTED),
-        **{j.pk: NativeReport(j.pk, Status.RUNNING, "R", "started") for j in jobs[1:4]},
+        **{j.pk: NativeReport(j.pk, Status.RUNNING, "R", "started") for j in jobs[1:3]},
+        jobs[3].pk: NativeReport(
+            jobs[3].pk, Status.RUNNING, "R", "started", state={"tasks": {"1": [None, "é", 2.5]}}
+        ),
         **{j.pk: NativeReport(j.pk, Status.COMPLETE, "CD", exit_code=0) for j in jobs[4:]},
     }
     with CaptureQueriesContext(connection) as ctx:
@@ -592,6 +595,10 @@ def test_a_polls_changes_write_their_events_and_result_intents_together(
             job_id=job.pk, action=IntentAction.RESULTS, done_at__isnull=True
         ).exists()
     assert _events(Job.objects.get(pk=jobs[0].pk))[-1][1] == "SUB"
+    stored = Job.objects.get(pk=jobs[3].pk)
+    assert stored.engine_state == {"tasks": {"1": [None, "é", 2.5]}}
+    assert stored.start_time is not None and stored.last_contact is not None
+    assert Job.objects.get(pk=jobs[1].pk).engine_state == {}
 
 
 def test_a_poll_batch_raced_by_another_writer_falls_back_to_one_by_one(
