@@ -10,8 +10,6 @@ Nothing here calls a scheduler except :func:`get_logs` (reading the job's own lo
 
 from __future__ import annotations
 
-import contextvars
-import dataclasses
 import datetime
 import functools
 import importlib
@@ -295,40 +293,33 @@ def _snapshot(job: Job) -> dict[str, Any]:
     return snapshot_values(names, [getattr(job, name) for name in names])
 
 
+@functools.cache
 def _field_plan() -> list[tuple[Any, str, tuple[type, ...], bool]]:
     """For each concrete field of a job (the primary key included): the field, its attname, the
-    value types that its database preparation returns unchanged (so they go to the driver as they
-    are: ``str`` for text, ``int`` for integers and foreign keys, ``bool`` for booleans, and None
-    for these and for timestamps; JSON and everything else is always prepared), and whether its ``pre_save``
-    does more than read the attribute (``auto_now``; JSON fields are read through it, too).
-    Worked out once."""
-    global _FIELD_PLAN
-    if _FIELD_PLAN is None:
-        plan = []
-        for field in Job._meta.concrete_fields:
-            target = field.target_field if isinstance(field, models.ForeignKey) else field
-            as_is: tuple[type, ...] = ()
-            if isinstance(target, models.JSONField):
-                as_is = ()
-            elif isinstance(target, models.CharField | models.TextField):
-                as_is = (str, type(None))
-            elif isinstance(target, models.BooleanField):
-                as_is = (bool, type(None))
-            elif isinstance(target, models.IntegerField | models.AutoField):
-                as_is = (int, type(None))
-            elif isinstance(target, models.DateTimeField):
-                as_is = (type(None),)  # a datetime may need its time zone
-            # JSON too: its attribute decodes a value still in its loaded text.
-            own_pre_save = isinstance(target, models.JSONField) or (
-                type(field).pre_save is not models.Field.pre_save
-                and bool(getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False))
-            )
-            plan.append((field, field.attname, as_is, own_pre_save))
-        _FIELD_PLAN = plan
-    return _FIELD_PLAN
-
-
-_FIELD_PLAN: list[tuple[Any, str, tuple[type, ...], bool]] | None = None
+    value types that its database preparation returns unchanged (so they go to the driver as
+    they are: ``str`` for text, ``int`` for integers and foreign keys, ``bool`` for booleans, and
+    None for these and for timestamps; JSON and everything else is always prepared), and whether
+    its ``pre_save`` does more than read the attribute (``auto_now``; JSON fields are read
+    through it, too)."""
+    plan = []
+    for field in Job._meta.concrete_fields:
+        target = field.target_field if isinstance(field, models.ForeignKey) else field
+        as_is: tuple[type, ...] = ()
+        if isinstance(target, models.CharField | models.TextField):
+            as_is = (str, type(None))
+        elif isinstance(target, models.BooleanField):
+            as_is = (bool, type(None))
+        elif isinstance(target, models.IntegerField | models.AutoField):
+            as_is = (int, type(None))
+        elif isinstance(target, models.DateTimeField):
+            as_is = (type(None),)  # a datetime may need its time zone
+        # JSON too: its attribute decodes a value still in its loaded text.
+        own_pre_save = isinstance(target, models.JSONField) or (
+            type(field).pre_save is not models.Field.pre_save
+            and bool(getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False))
+        )
+        plan.append((field, field.attname, as_is, own_pre_save))
+    return plan
 
 
 def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
@@ -626,10 +617,7 @@ def _insert_job_and_event(job: Job) -> None:
         row = cursor.fetchone()
     assert row is not None
     job.id = int(row[0])
-    if name_has_id:
-        job.name = job.name.replace("{id}", str(job.id))
-    if folder:
-        job.workspace = folder + str(job.id)
+    _fill_id_fields(job)  # what the statement wrote into the name and workspace
     job._state.adding = False
     job._state.db = connection.alias
 
@@ -753,7 +741,10 @@ def apply_change(
                 .update(**planned.fields)
             )
             if updated:
-                _record(planned)
+                event, intent = _record(planned)
+                event.save(force_insert=True)
+                if intent is not None:
+                    intent.save(force_insert=True)
         if updated:
             return True
         _reload(job)  # someone else changed it first: decide again on fresh data
@@ -838,9 +829,10 @@ def _decide(job: Job, change: Change, *, force: bool = False) -> _Planned | None
     return _Planned(job, change, current, fields, now)
 
 
-def _record(planned: _Planned) -> None:
-    """After a change's row was written: its event (and the result-processing intent a change
-    to Results-Ready calls for), then the new values on the job object."""
+def _record(planned: _Planned) -> tuple[JobEvent, JobIntent | None]:
+    """After a change's row was written: the new values on the job object, and the rows to
+    insert with it: its event, and the result-processing intent a change to Results-Ready calls
+    for."""
     job, change, fields = planned.job, planned.change, planned.fields
     event = JobEvent(
         job_id=job.pk,
@@ -864,24 +856,16 @@ def _record(planned: _Planned) -> None:
         if change.status in rules.RESULTS_PENDING
         else None
     )
-    pending = _PENDING_WRITES.get()
-    if pending is not None:
-        # A poll's batch: written together at its end, in the same transaction.
-        pending.events.append(event)
-        if intent is not None:
-            pending.intents.append(intent)
-    else:
-        event.save(force_insert=True)
-        if intent is not None:
-            intent.save(force_insert=True)
     for name, value in fields.items():
         setattr(job, name, value)
+    return event, intent
 
 
 def _write_together(plans: list[_Planned]) -> bool:
     """Write several accepted changes with one conditional UPDATE (each row only if it still has
-    the attempt and status its change was decided on), then record them. False, with nothing
-    written, when any row no longer matched: the caller then applies them one by one."""
+    the attempt and status its change was decided on), then their events with one INSERT and
+    their result intents with another. False, with nothing written, when any row no longer
+    matched: the caller then applies them one by one."""
     if not plans:
         return True
     # One statement, written out rather than built from ORM expressions: compiling hundreds of
@@ -922,8 +906,11 @@ def _write_together(plans: list[_Planned]) -> bool:
         if count != len(plans):
             transaction.set_rollback(True)
             return False
-    for planned in plans:
-        _record(planned)
+    rows = [_record(planned) for planned in plans]
+    JobEvent.objects.bulk_create([event for event, _ in rows])
+    intents = [intent for _, intent in rows if intent is not None]
+    if intents:
+        JobIntent.objects.bulk_create(intents)
     return True
 
 
@@ -1619,32 +1606,27 @@ def apply_reports(
         known.append((job, report))
     # The changes are written in transactions of APPLY_BATCH jobs: one commit per batch instead
     # of one per job (a commit waits for the disk), and a batch holds its locks only briefly.
-    # Their events (and result intents) are inserted together at the end of the batch.
+    # A batch's changes are one UPDATE, their events one INSERT (see _write_together).
     for start in range(0, len(known), APPLY_BATCH):
         with transaction.atomic():
-            pending = _PendingWrites()
-            token = _PENDING_WRITES.set(pending)
-            try:
-                plans: list[_Planned] = []
-                for job, report in known[start : start + APPLY_BATCH]:
-                    planned = _decide_report(job, report, source)
-                    if planned is None:
-                        counts["same"] += 1
-                    else:
-                        plans.append(planned)
-                if _write_together(plans):
-                    counts["changed"] += len(plans)
+            plans: list[_Planned] = []
+            for job, report in known[start : start + APPLY_BATCH]:
+                change = _report_change(job, report, source)
+                planned = None if change is None else _decide(job, change)
+                if planned is None:
+                    counts["same"] += 1
                 else:
-                    # Another writer changed one of these jobs meanwhile: each on its own,
-                    # decided again on fresh data where its row moved.
-                    for planned in plans:
-                        if apply_change(planned.job, planned.change):
-                            counts["changed"] += 1
-                        else:
-                            counts["same"] += 1
-            finally:
-                _PENDING_WRITES.reset(token)
-            pending.write()
+                    plans.append(planned)
+            if _write_together(plans):
+                counts["changed"] += len(plans)
+            else:
+                # Another writer changed one of these jobs meanwhile: each on its own, decided
+                # again on fresh data where its row moved.
+                for planned in plans:
+                    if apply_change(planned.job, planned.change):
+                        counts["changed"] += 1
+                    else:
+                        counts["same"] += 1
     counts["stale"] = mark_stale(
         unknown, reason="unknown to the scheduler", last_contact=last_contact
     )
@@ -1654,26 +1636,6 @@ def apply_reports(
 
 #: Jobs whose poll answers are written in one transaction.
 APPLY_BATCH = 200
-
-
-@dataclass
-class _PendingWrites:
-    """Rows :func:`apply_change` leaves for the end of a poll's batch (see :func:`apply_reports`)."""
-
-    events: list[JobEvent] = dataclasses.field(default_factory=list)
-    intents: list[JobIntent] = dataclasses.field(default_factory=list)
-
-    def write(self) -> None:
-        if self.events:
-            JobEvent.objects.bulk_create(self.events)
-        if self.intents:
-            JobIntent.objects.bulk_create(self.intents)
-
-
-#: Set while a poll's batch is applied: where apply_change puts its events and intents.
-_PENDING_WRITES: contextvars.ContextVar[_PendingWrites | None] = contextvars.ContextVar(
-    "offload_pending_writes", default=None
-)
 
 
 def _report_change(job: Job, report: NativeReport, source: str) -> Change | None:
@@ -1693,12 +1655,6 @@ def _report_change(job: Job, report: NativeReport, source: str) -> Change | None
         native_status=report.native_status or None,
         fields=fields,
     )
-
-
-def _decide_report(job: Job, report: NativeReport, source: str) -> _Planned | None:
-    """One job's poll answer through the status rules: the change to write, or None."""
-    change = _report_change(job, report, source)
-    return None if change is None else _decide(job, change)
 
 
 def note_intent_job_changed(job: Job) -> None:
