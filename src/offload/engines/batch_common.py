@@ -36,7 +36,7 @@ from offload.errors import (
     SubmissionRejectedError,
 )
 from offload.status import Status
-from offload.transport.base import CommandResult
+from offload.transport.base import CommandResult, CommandRunner
 
 #: Queues, projects, accounts, parallel environments: letters, digits and ``_ . + -`` only, so no
 #: value can end a directive, start another one or mean anything to a shell.
@@ -90,6 +90,25 @@ def bash_quote(value: str) -> str:
 
 def attempt_folder(workspace: str, attempt: int) -> str:
     return f"{workspace.rstrip('/')}/.offload/attempt-{attempt}"
+
+
+def ids_from_jobid_files(
+    runner: CommandRunner,
+    specs: Sequence[JobSpec],
+    found: dict[str, str],
+    native_id_pattern: re.Pattern[str],
+) -> dict[str, str]:
+    """``found`` (submission key → native id, from the scheduler's own listing) completed with
+    the ids of the jobs it no longer lists: each job writes its id into ``jobid`` in its attempt
+    folder when it starts. A file that is missing or holds no valid id adds nothing."""
+    for spec in specs:
+        if spec.key in found:
+            continue
+        text = runner.read_text(f"{attempt_folder(spec.workspace, spec.attempt)}/jobid")
+        native_id = (text or "").strip()
+        if native_id_pattern.match(native_id):
+            found[spec.key] = native_id
+    return found
 
 
 def safe_job_name(name: str, fallback: str, limit: int = 100) -> str:

@@ -37,6 +37,7 @@ from offload.engines.base import (
     validate_arguments,
     validate_environment,
 )
+from offload.engines.batch_common import attempt_folder
 from offload.errors import (
     EngineError,
     EngineUnavailableError,
@@ -199,10 +200,6 @@ def check_path_list(field: str, value: Any) -> list[str]:
 def is_workflow(parameters: Mapping[str, Any]) -> bool:
     """A CondorWorkflow's parameters (they hold ``nodes``) rather than a CondorJob's."""
     return "nodes" in parameters
-
-
-def attempt_folder(workspace: str, attempt: int) -> str:
-    return f"{workspace.rstrip('/')}/.offload/attempt-{attempt}"
 
 
 # -- batched submission ---------------------------------------------------------------------------

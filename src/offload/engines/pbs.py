@@ -44,6 +44,7 @@ from offload.engines.batch_common import (
     check_safe_path,
     exit_code_path,
     hms,
+    ids_from_jobid_files,
     memory_megabytes,
     parse_array,
     positive_int,
@@ -491,14 +492,7 @@ class PbsEngine(ScriptBatchEngine):
             key = wanted.get(job.get("Job_Name", ""))
             if key and self.native_id_pattern.match(native_id):
                 found[key] = native_id
-        for spec in specs:
-            if spec.key in found:
-                continue
-            text = self.runner.read_text(f"{attempt_folder(spec.workspace, spec.attempt)}/jobid")
-            native_id = (text or "").strip()
-            if self.native_id_pattern.match(native_id):
-                found[spec.key] = native_id
-        return found
+        return ids_from_jobid_files(self.runner, specs, found, self.native_id_pattern)
 
     # -- control --------------------------------------------------------------------------------
     def _state(self, handle: JobHandle) -> str:

@@ -47,6 +47,7 @@ from offload.engines.batch_common import (
     bash_quote,
     expand_task_list,
     hms,
+    ids_from_jobid_files,
     memory_megabytes,
     parse_array,
     positive_int,
@@ -558,16 +559,7 @@ class SgeEngine(ScriptBatchEngine):
                 native_id
             ):
                 found[key] = native_id
-        for spec in specs:
-            if spec.key in found:
-                continue
-            recorded = self.runner.read_text(
-                f"{attempt_folder(spec.workspace, spec.attempt)}/jobid"
-            )
-            native_id = (recorded or "").strip()
-            if self.native_id_pattern.match(native_id):
-                found[spec.key] = native_id
-        return found
+        return ids_from_jobid_files(self.runner, specs, found, self.native_id_pattern)
 
     # -- control --------------------------------------------------------------------------------
     def _states(self, handle: JobHandle) -> list[str]:

@@ -35,6 +35,7 @@ from offload.engines.batch_common import (
     WALL_TIME,
     attempt_folder,
     bash_quote,
+    ids_from_jobid_files,
     positive_int,
     validate_command,
     validate_dependencies,
@@ -715,14 +716,7 @@ class SlurmEngine(BatchSchedulerEngine):
             comment, _, command = rest.partition("|")
             if (comment, command) in wanted and self.native_id_pattern.match(native_id):
                 found[comment] = native_id
-        for spec in specs:
-            if spec.key in found:
-                continue
-            text = self.runner.read_text(f"{attempt_folder(spec.workspace, spec.attempt)}/jobid")
-            native_id = (text or "").strip()
-            if self.native_id_pattern.match(native_id):
-                found[spec.key] = native_id
-        return found
+        return ids_from_jobid_files(self.runner, specs, found, self.native_id_pattern)
 
     # -- control --------------------------------------------------------------------------------
     def _queue_states(self, handle: JobHandle) -> set[str]:
