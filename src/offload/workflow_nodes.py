@@ -20,26 +20,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from offload.engines.condor_dag import NODE_SETTINGS
+
 if TYPE_CHECKING:
     from offload.models import CondorWorkflow
 
 #: Node settings besides the node's job (Tethys's CondorWorkflowNode fields).
-NODE_FIELDS = (
-    "pre_script",
-    "pre_script_args",
-    "post_script",
-    "post_script_args",
-    "variables",
-    "priority",
-    "category",
-    "retry",
-    "retry_unless_exit_value",
-    "pre_skip",
-    "abort_dag_on",
-    "abort_dag_on_return_value",
-    "noop",
-    "done",
-)
+NODE_FIELDS = NODE_SETTINGS
 #: The node's job (as a CondorJob's parameters).
 JOB_FIELDS = (
     "executable",

@@ -26,27 +26,25 @@ CATEGORY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
 VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 #: A word of a SCRIPT line: DAGMan splits them on white space and knows no quoting.
 SCRIPT_WORD = re.compile(r"^[^\s\"'\\]{1,4096}$")
-#: Keys of a node dict that are DAG keywords, not the node's job.
-DAG_KEYS = frozenset(
-    {
-        "name",
-        "parents",
-        "pre_script",
-        "pre_script_args",
-        "post_script",
-        "post_script_args",
-        "variables",
-        "priority",
-        "category",
-        "retry",
-        "retry_unless_exit_value",
-        "pre_skip",
-        "abort_dag_on",
-        "abort_dag_on_return_value",
-        "noop",
-        "done",
-    }
+#: A node's DAG settings besides its name and parents (Tethys's CondorWorkflowNode fields).
+NODE_SETTINGS = (
+    "pre_script",
+    "pre_script_args",
+    "post_script",
+    "post_script_args",
+    "variables",
+    "priority",
+    "category",
+    "retry",
+    "retry_unless_exit_value",
+    "pre_skip",
+    "abort_dag_on",
+    "abort_dag_on_return_value",
+    "noop",
+    "done",
 )
+#: Keys of a node dict that are DAG keywords, not the node's job.
+DAG_KEYS = frozenset({"name", "parents", *NODE_SETTINGS})
 #: How often DAGMan rewrites its node status file (seconds).
 STATUS_INTERVAL = 2
 #: DAGMan's NodeStatus codes.
