@@ -30,6 +30,7 @@ from offload.errors import (
 from offload.models import OTHER_STATUS_KEY, IntentAction, Job, JobEvent, JobIntent, Scheduler
 from offload.monitor import Monitor
 from offload.status import Category, Status
+from offload.store import apply_reports
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("offload_home")]
 
@@ -554,20 +555,23 @@ def test_results_function_must_be_importable(manager: JobManager, user: Any) -> 
         manager.create_job("x", user, process_results_function="not a path")
 
 
+def _submitted(manager: JobManager, user: Any, count: int) -> list[Job]:
+    """``count`` executed BASIC jobs (Submitted), loaded as the monitor loads them."""
+    jobs = []
+    for i in range(count):
+        job = manager.create_job(f"polled {i}", user)
+        job.save()
+        job.execute()
+        jobs.append(Job.objects.get(pk=job.pk))
+    return jobs
+
+
 def test_a_polls_changes_write_their_events_and_result_intents_together(
     manager: JobManager, user: Any
 ) -> None:
     """One conditional UPDATE for all the batch's changed jobs, one INSERT for their events and
     one for the result intents; every row and event as apply_change alone would write it."""
-    from offload.engines.base import NativeReport
-    from offload.store import apply_reports
-
-    jobs = []
-    for i in range(6):
-        job = manager.create_job(f"polled {i}", user)
-        job.save()
-        job.execute()
-        jobs.append(Job.objects.get(pk=job.pk))
+    jobs = _submitted(manager, user, 6)
     # Job 0 stays Submitted (no change), 1-3 run, 4-5 complete with result processing pending.
     jobs[4]._process_results_function = "json.dumps"
     jobs[5]._process_results_function = "json.dumps"
@@ -607,15 +611,7 @@ def test_a_poll_batch_raced_by_another_writer_falls_back_to_one_by_one(
     """If another writer moved one of the batch's jobs after the monitor loaded it, the batch's
     UPDATE writes nothing and each change is decided again on fresh data: the raced job gets no
     second event, the others change as reported."""
-    from offload.engines.base import NativeReport
-    from offload.store import apply_reports
-
-    jobs = []
-    for i in range(3):
-        job = manager.create_job(f"raced {i}", user)
-        job.save()
-        job.execute()
-        jobs.append(Job.objects.get(pk=job.pk))
+    jobs = _submitted(manager, user, 3)
     # Behind the monitor's back, job 1 is stopped (Aborted) by someone else.
     Job.objects.get(pk=jobs[1].pk).update_status("Aborted")
     reports = {j.pk: NativeReport(j.pk, Status.RUNNING, "R") for j in jobs}
