@@ -12,21 +12,26 @@ Two pieces, used by :class:`offload.models.Job`:
 - :class:`JobIterable`: the queryset iterable for jobs. For a plain query of whole rows (the
   common case: lists, tables, the monitor) it builds each typed job object straight from the row
   (the proxy class for its ``job_type``, the instance dictionary filled in one step, no
-  ``__init__``); anything else (deferred fields, ``pre_init``/``post_init`` receivers) takes
-  Django's own path. ``select_related``, annotations and the known related object of a reverse
-  relation (``user.offload_jobs``) are handled as Django's ``ModelIterable`` handles them.
+  ``__init__``), ``only()``/``defer()`` queries included; ``pre_init``/``post_init`` receivers
+  take Django's own path. ``select_related``, annotations and the known related object of a
+  reverse relation (``user.offload_jobs``) are handled as Django's ``ModelIterable`` handles them.
+- :class:`Peers`: the jobs one query loaded with some fields deferred. Reading a deferred field
+  of one of them loads that field for all of them in one query (what Django 6.1 calls the
+  ``FETCH_PEERS`` fetch mode), not one query per job.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import operator
+import weakref
 from collections.abc import Iterator
 from itertools import chain, islice
 from typing import Any
 
-from django.db import models
+from django.db import connections, models
 from django.db.models.base import ModelState
 from django.db.models.query import ModelIterable, get_related_populators
 from django.db.models.query_utils import DeferredAttribute
@@ -56,8 +61,9 @@ def is_raw_json(data: dict[str, Any], name: str) -> bool:
     names, values = row
     try:
         return values[names.index(name)] is value
-    except ValueError:
-        return False
+    except ValueError:  # a deferred field, loaded later with its peers
+        more = data.get("_loaded_more")
+        return more is not None and more.get(name) is value
 
 
 class LazyJSONAttribute(DeferredAttribute):
@@ -70,8 +76,8 @@ class LazyJSONAttribute(DeferredAttribute):
         name = self.field.attname
         try:
             value = data[name]
-        except KeyError:
-            return super().__get__(instance, cls)  # a deferred field: Django loads it
+        except KeyError:  # a deferred field: loaded now (with its peers, if it has any)
+            value = super().__get__(instance, cls)
         if value.__class__ is str and is_raw_json(data, name):
             value = json.loads(value, cls=getattr(self.field, "decoder", None))
             data[name] = value
@@ -120,22 +126,110 @@ def fetch_all_rows(compiler: Any) -> list[Any]:
     return rows
 
 
+class Peers:
+    """The jobs one query (or one batch of ``iterator()``) loaded with fields deferred, held
+    weakly: reading a deferred field of one loads it for every one that lacks it
+    (:func:`load_for_peers`). A ``copy.copy()`` of a job shares its original's peers; an
+    unpickled job has none."""
+
+    __slots__ = ("refs",)
+
+    def __init__(self) -> None:
+        self.refs: list[weakref.ReferenceType[Any]] = []
+
+    def __reduce__(self) -> tuple[type[Peers], tuple[()]]:
+        return (Peers, ())
+
+
+def load_for_peers(instance: Any, peers: Peers, attnames: Any) -> bool:
+    """Load the deferred fields ``attnames`` of ``instance`` and of its peers that lack them, in
+    one query per ``max_query_params`` ids. False (nothing done) unless every name is a field
+    ``instance`` has not loaded. As ``refresh_from_db`` does, a job whose row is gone raises
+    ``DoesNotExist``; peers whose rows are gone keep the field unloaded."""
+    data = instance.__dict__
+    names = list(attnames)
+    fields = {f.attname: f for f in instance._meta.concrete_fields}
+    if not names or any(name not in fields or name in data for name in names):
+        return False
+    targets = [instance]
+    for ref in peers.refs:
+        peer = ref()
+        if (
+            peer is not None
+            and peer is not instance
+            and peer.pk is not None
+            and any(name not in peer.__dict__ for name in names)
+        ):
+            targets.append(peer)
+    db = instance._state.db or "default"
+    chunk = min(connections[db].features.max_query_params or 10_000, 10_000)
+    pks = list({job.pk for job in targets})
+    rows: dict[Any, dict[str, Any]] = {}
+    base = instance._meta.concrete_model._base_manager.db_manager(db).only(*names)
+    base._iterable_class = JobIterable  # the base manager's plain QuerySet, loaded fast
+    for start in range(0, len(pks), chunk):
+        for fresh in base.filter(pk__in=pks[start : start + chunk]):
+            rows[fresh.pk] = fresh.__dict__
+    if instance.pk not in rows:
+        raise type(instance).DoesNotExist(
+            f"{type(instance).__name__} {instance.pk} no longer exists"
+        )
+    for job in targets:
+        row = rows.get(job.pk)
+        if row is None:
+            continue
+        job_data = job.__dict__
+        # New dictionaries, not edits: a copy.copy() of the job shares the old ones.
+        more = dict(job_data.get("_loaded_more") or {})
+        snapshot = job_data.get("_loaded")  # what save() compares with, if already taken
+        if snapshot is not None:
+            snapshot = dict(snapshot)
+        for name in names:
+            if name in job_data:
+                continue
+            value = row[name]
+            job_data[name] = more[name] = value
+            if snapshot is not None:
+                if not isinstance(fields[name], models.JSONField):
+                    snapshot[name] = value
+                elif value.__class__ is str:
+                    snapshot[name] = RawJSON(value)  # the undecoded text, immutable
+                else:
+                    snapshot[name] = copy.deepcopy(value)
+        job_data["_loaded_more"] = more
+        if snapshot is not None:
+            job_data["_loaded"] = snapshot
+    return True
+
+
+def _with_job_type(query: Any) -> Any:
+    """``query``, loading ``job_type`` even if ``only()``/``defer()`` left it out: it gives each
+    row its class."""
+    names, defer = query.deferred_loading
+    if defer and "job_type" in names:
+        query = query.clone()
+        query.deferred_loading = (names - {"job_type"}, True)
+    elif not defer and "job_type" not in names:
+        query = query.clone()
+        query.deferred_loading = (names | {"job_type"}, False)
+    return query
+
+
 class JobIterable(ModelIterable):  # type: ignore[type-arg]
     """Yields a typed job object per row (see the module's docstring)."""
 
     def __iter__(self) -> Iterator[Any]:
         queryset = self.queryset
         model = queryset.model
-        if (
-            queryset.query.deferred_loading != (frozenset(), True)  # only() or defer()
-            or pre_init.has_listeners(model)
-            or post_init.has_listeners(model)
-        ):
+        if pre_init.has_listeners(model) or post_init.has_listeners(model):
             # Django's own iterable (Job.from_db still gives each row its class).
             yield from super().__iter__()
             return
         db = queryset.db
-        compiler = queryset.query.get_compiler(using=db)
+        query = queryset.query
+        if query.deferred_loading != (frozenset(), True):  # only() or defer()
+            query = _with_job_type(query)
+        compiler = query.get_compiler(using=db)
         if self.chunked_fetch:  # iterator(): rows as the database streams them
             rows: Any = chain.from_iterable(
                 compiler.execute_sql(chunked_fetch=True, chunk_size=self.chunk_size)
@@ -178,6 +272,8 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
             for field, related_objs in queryset._known_related_objects.items()  # type: ignore[attr-defined]
         ]
         whole_row = start == 0 and end == compiler.col_count
+        # Some fields deferred: each batch's jobs load them together, when first read.
+        deferring = len(init_list) < len(model_cls._meta.concrete_fields)
         type_index = init_list.index("job_type")
         classes = model_cls.loaded_classes()
         # The usual reverse relation (user.offload_jobs): its object goes straight into the
@@ -195,6 +291,7 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
         batch_rows = BATCH_ROWS if self.chunked_fetch else None
         while batch := list(islice(rows, batch_rows)):
             built: list[Any] = []
+            peers = Peers() if deferring else None
             # The objects of a batch are made with the cyclic garbage collector paused: they
             # create no garbage, and otherwise it walks the growing result over and over.
             collecting = gc.isenabled()
@@ -216,6 +313,9 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
                     data["_state"] = state
                     # What was loaded, for save(): the names are shared, the values are this row's.
                     data["_loaded_row"] = (init_list, values)
+                    if peers is not None:
+                        data["_peers"] = peers
+                        peers.refs.append(weakref.ref(obj))
                     if related_populators or annotation_col_map:
                         self._populate(obj, row, related_populators, annotation_col_map)
                     if known_related_objects:

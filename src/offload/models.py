@@ -23,7 +23,7 @@ from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
-from offload.loading import JobIterable, LazyJSONField, RawJSON
+from offload.loading import JobIterable, LazyJSONField, RawJSON, load_for_peers
 from offload.status import (
     ACTIVE_STATUSES,
     NON_TERMINAL_STATUSES,
@@ -104,6 +104,7 @@ def loaded_values(job: Any) -> dict[str, Any]:
         if row is None:
             return {}
         loaded = dict(zip(row[0], row[1], strict=True))
+        loaded.update(data.get("_loaded_more") or ())  # deferred fields loaded since
         for name in JSON_ATTNAMES:
             if loaded.get(name).__class__ is str:
                 loaded[name] = RawJSON(loaded[name])  # the row's JSON text
@@ -268,6 +269,22 @@ class Job(models.Model):
         if proxy is not None and issubclass(proxy, cls):
             instance.__class__ = proxy
         return instance
+
+    def refresh_from_db(
+        self, using: str | None = None, fields: Any = None, from_queryset: Any = None
+    ) -> None:
+        """Django's, except that reading a deferred field of a job loaded with others loads it
+        for all of them in one query (:class:`offload.loading.Peers`)."""
+        peers = self.__dict__.get("_peers")
+        if (
+            peers is not None
+            and fields is not None
+            and using is None
+            and from_queryset is None
+            and load_for_peers(self, peers, fields)
+        ):
+            return
+        super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
 
     @classmethod
     def loaded_classes(cls) -> dict[str, type[Job]]:

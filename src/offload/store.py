@@ -217,6 +217,7 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
         for f in job._meta.concrete_fields
         if f.attname not in MANAGED_FIELDS
         and f.attname != "id"
+        and f.attname in job.__dict__  # a deferred field never loaded is left as it is
         and (
             not loaded
             or f.attname not in loaded
@@ -289,7 +290,8 @@ def _finish_creation(job: Job) -> None:
 
 
 def _snapshot(job: Job) -> dict[str, Any]:
-    names = [f.attname for f in job._meta.concrete_fields]
+    data = job.__dict__
+    names = [f.attname for f in job._meta.concrete_fields if f.attname in data]  # not deferred
     return snapshot_values(names, [getattr(job, name) for name in names])
 
 

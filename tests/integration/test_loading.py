@@ -220,3 +220,105 @@ def test_empty_extra_select_and_streamed_queries_load_like_django(user: Any) -> 
     assert [(type(j), j.pk, j.extended_properties) for j in streamed] == [
         (type(j), j.pk, j.extended_properties) for j in extra
     ]
+
+
+def _many(user: Any, count: int) -> list[int]:
+    manager = JobManager("peers")
+    jobs = [
+        manager.create_job(f"job {i}", user, job_type="BASIC")
+        if i % 2 == 0
+        else manager.create_job(f"job {i}", user, job_type="LOCAL", executable="python")
+        for i in range(count)
+    ]
+    for i, job in enumerate(jobs):
+        job.extended_properties = {"i": i}
+    manager.bulk_create(jobs)
+    return [job.pk for job in jobs]
+
+
+def test_a_deferred_field_is_loaded_for_all_peers_in_one_query(user: Any) -> None:
+    ids = _many(user, 6)
+    for queryset in (
+        Job.objects.filter(pk__in=ids).only("id", "name").order_by("id"),
+        Job.objects.filter(pk__in=ids)
+        .defer("job_type", "extended_properties", "workspace")
+        .order_by("id"),
+        JobManager("peers").list_jobs(user=user).defer("extended_properties", "workspace"),
+    ):
+        with CaptureQueriesContext(connection) as queries:
+            jobs = list(queryset)
+            # Still typed: job_type is loaded whatever only()/defer() said.
+            assert [type(j) for j in jobs] == [BasicJob, LocalJob] * 3
+            assert [j.extended_properties for j in jobs] == [{"i": i} for i in range(6)]
+            assert all(j.workspace.endswith(f"/{j.pk}") for j in jobs)
+        assert len(queries) == 3, "\n".join(q["sql"] for q in queries.captured_queries)
+        assert jobs[0].get_deferred_fields() >= {"status_message", "engine_state"} or (
+            "extended_properties" not in jobs[0].get_deferred_fields()
+        )
+
+
+def test_peers_of_a_streamed_query_are_its_batches(user: Any, monkeypatch: Any) -> None:
+    from offload import loading
+
+    ids = _many(user, 5)
+    monkeypatch.setattr(loading, "BATCH_ROWS", 2)
+    queryset = Job.objects.filter(pk__in=ids).only("id").order_by("id")
+    with CaptureQueriesContext(connection) as queries:
+        names = [job.name for job in queryset.iterator(chunk_size=10)]
+    assert names == [f"job {i}" for i in range(5)]
+    assert len(queries) == 1 + 3  # the query, then one per batch of 2
+    # A deferred foreign key too: its id comes with the peers' (the user object is Django's).
+    jobs = list(Job.objects.filter(pk__in=ids).only("id"))
+    with CaptureQueriesContext(connection) as queries:
+        assert {job.user_id for job in jobs} == {user.pk}
+    assert len(queries) == 1
+
+
+def test_saving_a_job_with_deferred_fields_writes_only_what_changed(user: Any) -> None:
+    ids = _many(user, 3)
+    jobs = list(Job.objects.filter(pk__in=ids).defer("extended_properties", "description"))
+    job = jobs[0]
+    Job.objects.filter(pk=job.pk).update(description="written elsewhere")
+    with CaptureQueriesContext(connection) as queries:
+        job.save()  # nothing loaded changed, nothing deferred is read
+    assert len(queries) == 0
+    assert job.extended_properties == {"i": 0}  # loaded with its peers
+    assert is_raw_json(jobs[1].__dict__, "extended_properties")  # their text, undecoded
+    with CaptureQueriesContext(connection) as queries:
+        job.save()
+        jobs[1].save()
+    assert [q for q in queries.captured_queries if "UPDATE" in q["sql"]] == []
+    job.extended_properties["j"] = 1
+    job.name = "renamed"
+    with CaptureQueriesContext(connection) as queries:
+        job.save()
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1
+    assert "extended_properties" in updates[0] and "description" not in updates[0]
+    fresh = Job.objects.get(pk=job.pk)
+    assert (fresh.name, fresh.extended_properties) == ("renamed", {"i": 0, "j": 1})
+    assert fresh.description == "written elsewhere"  # the deferred field was never written back
+    # Loaded after a save took its snapshot: still not written unless changed.
+    assert jobs[2].description == ""
+    jobs[2].save()
+    jobs[2].description = "mine"
+    jobs[2].save()
+    assert Job.objects.get(pk=jobs[2].pk).description == "mine"
+
+
+def test_copies_pickles_and_vanished_rows_of_peers(user: Any) -> None:
+    ids = _many(user, 4)
+    jobs = list(Job.objects.filter(pk__in=ids).only("id", "name").order_by("id"))
+    copied = copy.copy(jobs[0])
+    pickled = pickle.loads(pickle.dumps(jobs[1]))
+    with CaptureQueriesContext(connection) as queries:
+        assert pickled.extended_properties == {"i": 1}  # on its own: no peers after pickling
+    assert len(queries) == 1
+    assert jobs[1].get_deferred_fields() >= {"extended_properties"}
+    Job.objects.filter(pk=jobs[3].pk).delete()
+    with CaptureQueriesContext(connection) as queries:
+        assert copied.extended_properties == {"i": 0}
+        assert [j.extended_properties for j in jobs[:3]] == [{"i": i} for i in range(3)]
+    assert len(queries) == 1  # a copy shares its original's peers: one query for all
+    with pytest.raises(Job.DoesNotExist):
+        jobs[3].extended_properties  # noqa: B018 - its row is gone, as Django would say
