@@ -202,16 +202,18 @@ def load_for_peers(instance: Any, peers: Peers, attnames: Any) -> bool:
     return True
 
 
-def _with_job_type(query: Any) -> Any:
-    """``query``, loading ``job_type`` even if ``only()``/``defer()`` left it out: it gives each
-    row its class."""
+def _loading_also(query: Any, fields: list[Any]) -> Any:
+    """``query``, loading ``fields`` even if ``only()``/``defer()`` left them out."""
     names, defer = query.deferred_loading
-    if defer and "job_type" in names:
+    if defer:
+        # Deferred by name or by attname (user or user_id).
+        kept = names - {f.name for f in fields} - {f.attname for f in fields}
+        if kept != names:
+            query = query.clone()
+            query.deferred_loading = (frozenset(kept), True)
+    elif not {f.name for f in fields} <= names:
         query = query.clone()
-        query.deferred_loading = (names - {"job_type"}, True)
-    elif not defer and "job_type" not in names:
-        query = query.clone()
-        query.deferred_loading = (names | {"job_type"}, False)
+        query.deferred_loading = (names | {f.name for f in fields}, False)
     return query
 
 
@@ -228,7 +230,11 @@ class JobIterable(ModelIterable):  # type: ignore[type-arg]
         db = queryset.db
         query = queryset.query
         if query.deferred_loading != (frozenset(), True):  # only() or defer()
-            query = _with_job_type(query)
+            # Still loaded: job_type, which gives each row its class, and the foreign key of a
+            # reverse relation (user.offload_jobs), which its known object is attached by.
+            needed = [model._meta.get_field("job_type")]
+            needed += list(queryset._known_related_objects)  # type: ignore[attr-defined]
+            query = _loading_also(query, needed)
         compiler = query.get_compiler(using=db)
         if self.chunked_fetch:  # iterator(): rows as the database streams them
             rows: Any = chain.from_iterable(

@@ -257,6 +257,19 @@ def test_a_deferred_field_is_loaded_for_all_peers_in_one_query(user: Any) -> Non
         )
 
 
+def test_a_users_jobs_keep_their_user_whatever_only_or_defer_says(user: Any) -> None:
+    _many(user, 4)
+    manager = JobManager("peers")
+    for queryset in (
+        manager.list_jobs(user=user).only("id", "name"),
+        manager.list_jobs(user=user).defer("user", "name"),
+        manager.list_jobs(user=user).defer("user_id"),
+    ):
+        with CaptureQueriesContext(connection) as queries:
+            assert all(job.user is user for job in queryset)  # the user's own object
+        assert len(queries) == 1
+
+
 def test_peers_of_a_streamed_query_are_its_batches(user: Any, monkeypatch: Any) -> None:
     from offload import loading
 
