@@ -20,24 +20,30 @@ from pathlib import Path
 from typing import Any
 
 
-def proc_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), to tell a reused pid apart."""
+def proc_stat(pid: int) -> tuple[str, str] | None:
+    """The state letter of ``pid`` (R, S, T, Z …) and the kernel's start time of it (field 22 of
+    /proc/PID/stat, to tell a reused pid apart), from one read; None if there is no such
+    process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            stat = fh.read()
     except OSError:
         return None
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid``, or None (see :func:`proc_stat`)."""
+    stat = proc_stat(pid)
+    return stat[1] if stat else None
 
 
 def proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[0] if fields else None
+    """The state letter of ``pid``, or None (see :func:`proc_stat`)."""
+    stat = proc_stat(pid)
+    return stat[0] if stat else None
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
