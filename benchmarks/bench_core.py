@@ -463,56 +463,42 @@ def bench_read(
     manager = JobManager("bench")
     heavy = users[0]
 
-    def iterate_user() -> int:
-        count = 0
-        for job in manager.list_jobs(user=heavy):
-            job.status  # noqa: B018 - reading it is the point
-            count += 1
-        return count
+    def iterating(queryset: Callable[[], Any]) -> Callable[[], int]:
+        def iterate() -> int:
+            count = 0
+            for job in queryset():
+                job.status  # noqa: B018 - reading it is the point
+                count += 1
+            return count
 
+        return iterate
+
+    def add_timed(key: str, what: str, fn: Callable[[], Any]) -> None:
+        durations = time_calls(fn, repeat)
+        queries, writes = captured(fn)
+        results.add(Row(key, what, "ms", *ms(durations), queries, writes, repeat))
+
+    iterate_user = iterating(lambda: manager.list_jobs(user=heavy))
     assert iterate_user() == len(heavy_ids)
     assert all(isinstance(j, BasicJob) for j in manager.list_jobs(user=heavy)[:5])
     queries, _ = captured(lambda: [j.user.username for j in manager.list_jobs(user=heavy)[:100]])
     assert queries == 1, f"job.user cost {queries - 1} extra queries"
     gc.collect()
-    durations = time_calls(iterate_user, repeat)
-    queries, writes = captured(iterate_user)
-    results.add(
-        Row(
-            "list_user_iterate",
-            f"list_jobs(user) iterating {len(heavy_ids):,} jobs (reading .status)",
-            "ms",
-            *ms(durations),
-            queries,
-            writes,
-            repeat,
-        )
+    add_timed(
+        "list_user_iterate",
+        f"list_jobs(user) iterating {len(heavy_ids):,} jobs (reading .status)",
+        iterate_user,
     )
     # A table's columns only (as Tethys's jobs table shows them): the other fields stay unloaded,
     # and reading one later loads it for all 10,000 jobs in one query (offload.loading.Peers).
     shown = ("id", "name", "description", "creation_time", "execute_time", "start_time")
     shown += ("completion_time", "_status", "status_message")
-
-    def iterate_shown() -> int:
-        count = 0
-        for job in manager.list_jobs(user=heavy).only(*shown):
-            job.status  # noqa: B018 - reading it is the point
-            count += 1
-        return count
-
+    iterate_shown = iterating(lambda: manager.list_jobs(user=heavy).only(*shown))
     assert iterate_shown() == len(heavy_ids)
-    durations = time_calls(iterate_shown, repeat)
-    queries, writes = captured(iterate_shown)
-    results.add(
-        Row(
-            "list_user_only",
-            f"  the same with only() the {len(shown)} columns a jobs table shows",
-            "ms",
-            *ms(durations),
-            queries,
-            writes,
-            repeat,
-        )
+    add_timed(
+        "list_user_only",
+        f"  the same with only() the {len(shown)} columns a jobs table shows",
+        iterate_shown,
     )
     # Where that time goes: the same query without model objects, and without Django at all.
     columns = [f.attname for f in Job._meta.concrete_fields]
