@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from offload import JobManager
 from offload.engines import ENGINE_CLASSES
@@ -593,6 +594,11 @@ def test_a_polls_changes_write_their_events_and_result_intents_together(
     for job in jobs[1:4]:
         assert _events(Job.objects.get(pk=job.pk))[-1] == ("SUB", "RUN", "poll")
         assert Job.objects.get(pk=job.pk).status_message == "started"
+        event = JobEvent.objects.filter(job_id=job.pk).order_by("id").last()
+        assert event is not None
+        assert (event.attempt, event.native_status, event.message) == (1, "R", "started")
+        assert (event.status_text, event.actor) == ("", "")
+        assert abs((timezone.now() - event.time).total_seconds()) < 60
     for job in jobs[4:]:
         assert _events(Job.objects.get(pk=job.pk))[-1] == ("SUB", "RES", "poll")
         assert JobIntent.objects.filter(
