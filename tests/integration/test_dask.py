@@ -78,6 +78,7 @@ def start_dask(folder: Path, port: int | None = None) -> str:
         env=env,
     )
     if result.returncode != 0:
+        stop_dask(folder)  # whatever it did start must not outlive the test
         raise RuntimeError(f"scripts/start-dask failed: {result.stderr.strip()[-2000:]}")
     exports = parse_exports(result.stdout)
     return str(json.loads(exports["OFFLOAD_ENGINE_DASK"])["address"])
