@@ -22,7 +22,6 @@ Two pieces, used by :class:`offload.models.Job`:
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import operator
@@ -47,6 +46,15 @@ class RawJSON(str):
     compares against (:func:`offload.models.loaded_values`)."""
 
     __slots__ = ()
+
+
+def json_copy(value: Any) -> Any:
+    """A copy of a JSON value deep enough that in-place edits of the original show as changes."""
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_copy(v) for v in value]
+    return value
 
 
 def is_raw_json(data: dict[str, Any], name: str) -> bool:
@@ -195,7 +203,7 @@ def load_for_peers(instance: Any, peers: Peers, attnames: Any) -> bool:
                 elif value.__class__ is str:
                     snapshot[name] = RawJSON(value)  # the undecoded text, immutable
                 else:
-                    snapshot[name] = copy.deepcopy(value)
+                    snapshot[name] = json_copy(value)
         job_data["_loaded_more"] = more
         if snapshot is not None:
             job_data["_loaded"] = snapshot

@@ -23,7 +23,7 @@ from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
-from offload.loading import JobIterable, LazyJSONField, RawJSON, load_for_peers
+from offload.loading import JobIterable, LazyJSONField, RawJSON, json_copy, load_for_peers
 from offload.status import (
     ACTIVE_STATUSES,
     NON_TERMINAL_STATUSES,
@@ -73,15 +73,6 @@ class SchedulerType(models.TextChoices):
     SGE = "sge", "Grid Engine"
     DASK = "dask", "Dask"
     AGENT = "agent", "Remote agent"
-
-
-def json_copy(value: Any) -> Any:
-    """A copy of a JSON value deep enough that in-place edits of the original show as changes."""
-    if isinstance(value, dict):
-        return {k: json_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_copy(v) for v in value]
-    return value
 
 
 def snapshot_values(names: Any, values: Any) -> dict[str, Any]:

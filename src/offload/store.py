@@ -956,15 +956,18 @@ def _update_sql_postgres(plans: list[_Planned]) -> tuple[str, list[Any]]:
         model_field = Job._meta.get_field(name)
         assert isinstance(model_field, models.Field)
         column = qn(str(model_field.column))
-        encoder = model_field.encoder if isinstance(model_field, models.JSONField) else None
-        is_json = isinstance(model_field, models.JSONField)
+        json_field = model_field if isinstance(model_field, models.JSONField) else None
+        is_json = json_field is not None
         values: list[Any] = []
         for planned in plans:
             if name not in planned.fields:
                 values.append(None)
-            elif is_json:
+            elif json_field is not None:
                 value = planned.fields[name]
-                values.append(value if type(value) is RawJSON else json.dumps(value, cls=encoder))
+                text = (
+                    value if type(value) is RawJSON else json.dumps(value, cls=json_field.encoder)
+                )
+                values.append(text)
             else:
                 values.append(model_field.get_db_prep_save(planned.fields[name], connection))
         params += [[name in planned.fields for planned in plans], values]

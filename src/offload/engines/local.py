@@ -52,6 +52,12 @@ def attempt_dir(workspace: str, attempt: int) -> Path:
     return Path(attempt_path(workspace, attempt))
 
 
+def _folder_path(handle: JobHandle) -> str:
+    """The folder of the handle's attempt: as recorded in its state when it started, else where
+    it would be."""
+    return str(handle.state.get("dir") or attempt_path(handle.workspace, handle.attempt))
+
+
 def _alive(pid: int, start: Any) -> bool:
     """Whether ``pid`` is still the process that started at ``start`` and has not ended."""
     stat = local_runner.proc_stat(pid)
@@ -289,7 +295,7 @@ class LocalEngine(Engine):
         return reports
 
     def _folder(self, handle: JobHandle) -> Path:
-        return Path(handle.state.get("dir") or attempt_dir(handle.workspace, handle.attempt))
+        return Path(_folder_path(handle))
 
     def _poll_one(self, handle: JobHandle) -> NativeReport | None:
         # Every running job is looked at every cycle: plain strings and os calls here, not
@@ -297,7 +303,7 @@ class LocalEngine(Engine):
         state = handle.state
         if state.get("host", self.host) != self.host:
             return None  # started on another machine: only a monitor there can see it (stale here)
-        folder = state.get("dir") or attempt_path(handle.workspace, handle.attempt)
+        folder = _folder_path(handle)
         exit_file = os.path.join(folder, "exit.json")
         exit_data = self._read_json(exit_file)
         if exit_data is not None:
