@@ -76,9 +76,18 @@ MANAGED_FIELDS = frozenset(
         "creation_time",
         "label",
         "user",
+        "user_id",
         "job_type",
     }
 )
+#: Fields set once, when the job is created (attname → the attribute's name): saving a stored job
+#: with another value in one of them raises InvalidJobError instead of being silently ignored.
+FIXED_FIELDS = {
+    "user_id": "user",
+    "label": "label",
+    "creation_time": "creation_time",
+    "job_type": "job_type",
+}
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 
 #: App label → {custom status text → category}, declared through JobManager.
@@ -212,6 +221,7 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
         return
     loaded = loaded_values(job)
+    _refuse_fixed_field_changes(job, loaded)
     fields = [
         f.attname
         for f in job._meta.concrete_fields
@@ -250,6 +260,35 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
     elif fields:
         super_save(update_fields=fields)
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
+
+
+def _refuse_fixed_field_changes(job: Job, loaded: Mapping[str, Any]) -> None:
+    """InvalidJobError if app code changed a field fixed at creation (:data:`FIXED_FIELDS`) on a
+    stored job. Compared with what the job was loaded with; a field loaded without a snapshot (a
+    deferred field read on its own) is compared with the row, in one query."""
+    data = job.__dict__
+    unknown: list[str] = []
+    for attname, name in FIXED_FIELDS.items():
+        if attname not in data:
+            continue  # deferred and never read: not changed
+        if attname not in loaded:
+            unknown.append(attname)
+        elif value_changed(job, attname, loaded[attname]):
+            raise _fixed_field_error(job, name, loaded[attname], data[attname])
+    if unknown:
+        stored = Job.objects.filter(pk=job.pk).values(*unknown).first()
+        for attname in unknown:
+            if stored is not None and stored[attname] != data[attname]:
+                raise _fixed_field_error(job, FIXED_FIELDS[attname], stored[attname], data[attname])
+
+
+def _fixed_field_error(job: Job, name: str, stored: Any, given: Any) -> InvalidJobError:
+    what = "user id" if name == "user" else "value"
+    return InvalidJobError(
+        name,
+        f"is read-only once a job is stored: job {job.pk} keeps {what} {stored!r}, "
+        f"it cannot be changed to {given!r} (create a new job instead)",
+    )
 
 
 _MISSING = object()
