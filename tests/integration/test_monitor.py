@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import os
 import signal
 import subprocess
@@ -13,7 +15,9 @@ from typing import Any, ClassVar
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from offload import JobManager
 from offload.engines import ENGINE_CLASSES
@@ -28,6 +32,7 @@ from offload.engines.base import (
 from offload.errors import EngineUnavailableError
 from offload.models import IntentAction, Job, JobEvent, JobIntent, MonitorLease, Scheduler
 from offload.monitor import Monitor
+from offload.schedulers import group_key
 from offload.status import Status
 
 pytestmark = pytest.mark.usefixtures("offload_home")
@@ -35,16 +40,24 @@ pytestmark = pytest.mark.usefixtures("offload_home")
 
 class FlakyEngine(Engine):
     """A test engine of ours: it runs nothing; its "scheduler" answers from class attributes and
-    can be made unreachable. It counts its calls."""
+    can be made unreachable, for good (``down``) or for its next few calls (``fail_polls``,
+    ``fail_submits``). It counts its calls."""
 
     kind = "flaky"
     down: ClassVar[bool] = False
+    fail_polls: ClassVar[int] = 0
+    fail_submits: ClassVar[int] = 0
     poll_calls: ClassVar[list[int]] = []  # number of handles per poll_batch call
     submit_calls: ClassVar[list[int]] = []
+    submit_times: ClassVar[list[float]] = []  # time.monotonic() of each submit_batch call
     states: ClassVar[dict[int, Status]] = {}
 
     def submit_batch(self, specs: Sequence[JobSpec]) -> list[SubmitResult]:
         type(self).submit_calls.append(len(specs))
+        type(self).submit_times.append(time.monotonic())
+        if type(self).fail_submits > 0:
+            type(self).fail_submits -= 1
+            raise EngineUnavailableError("flaky scheduler: connection refused")
         if type(self).down:
             raise EngineUnavailableError("flaky scheduler: connection refused")
         return [
@@ -56,6 +69,9 @@ class FlakyEngine(Engine):
 
     def poll_batch(self, handles: Sequence[JobHandle]) -> dict[int, NativeReport]:
         type(self).poll_calls.append(len(handles))
+        if type(self).fail_polls > 0:
+            type(self).fail_polls -= 1
+            raise EngineUnavailableError("flaky scheduler: connection refused")
         if type(self).down:
             raise EngineUnavailableError("flaky scheduler: connection refused")
         return {
@@ -68,14 +84,17 @@ class FlakyEngine(Engine):
 def flaky() -> Iterator[type[FlakyEngine]]:
     ENGINE_CLASSES["flaky"] = f"{__name__}:FlakyEngine"
     FlakyEngine.down = False
+    FlakyEngine.fail_polls = FlakyEngine.fail_submits = 0
     FlakyEngine.poll_calls = []
     FlakyEngine.submit_calls = []
+    FlakyEngine.submit_times = []
     FlakyEngine.states = {}
     try:
         yield FlakyEngine
     finally:
         del ENGINE_CLASSES["flaky"]
         FlakyEngine.down = False
+        FlakyEngine.fail_polls = FlakyEngine.fail_submits = 0
 
 
 @pytest.fixture
@@ -167,6 +186,137 @@ def test_unreachable_scheduler_at_submission_retries(
     until(lambda: fresh(job).native_id, step=monitor.run_cycle, what="the submission")
     until(lambda: fresh(job).status == "Running", step=monitor.run_cycle, what="Running")
     assert fresh(job).stale_since is None
+    monitor.shutdown()
+
+
+# -- backoff ----------------------------------------------------------------------------------
+class FakeClock:
+    """The monitor's backoff clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.django_db
+def test_polls_of_an_unreachable_scheduler_back_off_across_cycles_and_refreshes(
+    user: Any,
+    flaky: type[FlakyEngine],
+    flaky_scheduler: Scheduler,
+    client: Client,
+    until: Callable[..., Any],
+    offload_settings: Callable[..., None],
+) -> None:
+    offload_settings(RETRY_INITIAL=1, RETRY_FACTOR=3, RETRY_MAX=9)
+    monitor = Monitor("backoff-monitor")
+    clock = FakeClock()
+    monitor.poll_backoff.clock = clock
+    [job] = flaky_jobs(user, flaky_scheduler, 1)
+    until(lambda: fresh(job).status == "Running", step=monitor.run_cycle, what="Running")
+    key = group_key(fresh(job))
+    events = JobEvent.objects.filter(job_id=job.pk).count()
+
+    flaky.fail_polls = 4  # then it answers again
+    for delay in (1, 3, 9, 9):  # RETRY_INITIAL * RETRY_FACTOR**n, at most RETRY_MAX
+        polls = len(flaky.poll_calls)
+        until(lambda n=polls: len(flaky.poll_calls) > n, step=monitor.run_cycle, what="a poll")
+        assert len(flaky.poll_calls) == polls + 1
+        assert monitor.poll_backoff.wait(key) == delay
+        stale = fresh(job)
+        assert stale.status == "Running" and stale.stale_since is not None  # stale, not Error
+        # While it backs off, neither the poll interval nor refresh requests (the Tethys
+        # endpoint, as a job page would call it) make the monitor call the scheduler again.
+        for _ in range(3):
+            response = client.get(f"/update-job-status/{job.pk}/")
+            assert response.json() == {"success": True}
+            time.sleep(monitor.settings.poll_interval)
+            monitor.run_cycle()
+        assert len(flaky.poll_calls) == polls + 1
+        assert fresh(job).stale_since is not None
+        clock.now += delay  # the next try is due
+
+    polls = len(flaky.poll_calls)
+    until(lambda: fresh(job).stale_since is None, step=monitor.run_cycle, what="recovery")
+    assert len(flaky.poll_calls) == polls + 1
+    assert monitor.poll_backoff.failures(key) == 0
+    assert monitor.poll_backoff.wait(key) == 0
+    assert fresh(job).status == "Running"
+    assert JobEvent.objects.filter(job_id=job.pk).count() == events  # nothing happened to it
+
+    flaky.fail_polls = 1  # after a success, a new failure starts from RETRY_INITIAL
+    polls = len(flaky.poll_calls)
+    until(lambda: len(flaky.poll_calls) > polls, step=monitor.run_cycle, what="a poll")
+    assert monitor.poll_backoff.wait(key) == 1
+    monitor.shutdown()
+
+
+@pytest.mark.django_db
+def test_a_backing_off_monitor_keeps_other_monitors_off_the_scheduler(
+    user: Any,
+    flaky: type[FlakyEngine],
+    flaky_scheduler: Scheduler,
+    until: Callable[..., Any],
+    offload_settings: Callable[..., None],
+) -> None:
+    offload_settings(RETRY_INITIAL=120, RETRY_MAX=300, LEASE_SECONDS=10)
+    first, second = Monitor("backoff-first"), Monitor("backoff-second")
+    [job] = flaky_jobs(user, flaky_scheduler, 1)
+    until(lambda: fresh(job).status == "Running", step=first.run_cycle, what="Running")
+    flaky.fail_polls = 1
+    polls = len(flaky.poll_calls)
+    until(lambda: len(flaky.poll_calls) > polls, step=first.run_cycle, what="a failed poll")
+    # The poll lease is held for the backoff's delay, not just LEASE_SECONDS.
+    lease = MonitorLease.objects.get(name=f"poll:{group_key(fresh(job))}")
+    assert lease.owner == "backoff-first"
+    assert lease.expires > timezone.now() + datetime.timedelta(seconds=100)
+    time.sleep(second.settings.poll_interval)
+    second.run_cycle()
+    assert len(flaky.poll_calls) == polls + 1
+    first.shutdown()  # releases the lease: the other monitor polls at once
+    second.run_cycle()
+    assert len(flaky.poll_calls) == polls + 2
+    assert fresh(job).stale_since is None
+    second.shutdown()
+
+
+@pytest.mark.django_db
+def test_submissions_to_an_unreachable_scheduler_back_off_across_cycles(
+    user: Any,
+    flaky: type[FlakyEngine],
+    flaky_scheduler: Scheduler,
+    until: Callable[..., Any],
+    offload_settings: Callable[..., None],
+) -> None:
+    offload_settings(RETRY_INITIAL=0.2, RETRY_FACTOR=2, RETRY_MAX=0.5)
+    monitor = Monitor("submit-backoff-monitor")
+    flaky.fail_submits = 3
+    [job] = flaky_jobs(user, flaky_scheduler, 1)
+    until(lambda: len(flaky.submit_times) >= 1, step=monitor.run_cycle, what="a submission")
+    key = group_key(fresh(job))
+    assert monitor.submit_backoff.failures(key) == 1
+    assert monitor.submit_backoff.wait(key) <= 0.2
+    # A job executed while the scheduler is backed off waits for the same next try.
+    [later] = flaky_jobs(user, flaky_scheduler, 1)
+    until(lambda: fresh(later).stale_since is not None, step=monitor.run_cycle, what="stale")
+    assert fresh(later).status == "Submitted"
+    until(
+        lambda: fresh(job).native_id and fresh(later).native_id,
+        step=monitor.run_cycle,
+        what="both submissions",
+    )
+    times = flaky.submit_times
+    assert len(times) >= 4  # three failures, then the submission(s) that went through
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.5, gaps
+    assert monitor.submit_backoff.failures(key) == 0
+    for each in (job, later):
+        until(lambda j=each: fresh(j).status == "Running", step=monitor.run_cycle, what="Running")
+        assert fresh(each).stale_since is None
+    # A failed submission is a try of each intent it held; waiting for the next try is not.
+    intents = JobIntent.objects.filter(job_id__in=[job.pk, later.pk])
+    assert sum(i.tries for i in intents) == sum(flaky.submit_calls[:3])
     monitor.shutdown()
 
 

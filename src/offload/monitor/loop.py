@@ -36,6 +36,7 @@ from offload.errors import (
     OffloadError,
 )
 from offload.models import JOB_TYPES, EventSource, IntentAction, Job, JobIntent
+from offload.monitor.backoff import Backoff
 from offload.schedulers import build_engine_for, engine_kind_for_job, group_key
 from offload.status import Status
 
@@ -70,12 +71,23 @@ class Monitor:
         self.stopping = threading.Event()
         self._last_poll: dict[str, float] = {}
         self._poll_soon: set[str] = set()
-        self._next_try: dict[str, float] = {}
+        # An unreachable scheduler is tried less and less often, polls and submissions each on
+        # their own: RETRY_INITIAL after the first failure, times RETRY_FACTOR after each further
+        # one, at most RETRY_MAX; a success starts over (docs/monitor.md#failures).
+        self.poll_backoff = self._backoff()
+        self.submit_backoff = self._backoff()
         self.claim_limit = 100
         self.fault = os.environ.get("OFFLOAD_FAULT", "")  # a test hook, read once
         if self.fault and self.fault not in FAULTS:
             log.warning("OFFLOAD_FAULT=%r is not a known fault; ignored", self.fault)
             self.fault = ""
+
+    def _backoff(self) -> Backoff:
+        return Backoff(
+            initial=self.settings.retry_initial,
+            factor=self.settings.retry_factor,
+            maximum=self.settings.retry_max,
+        )
 
     # -- engines --------------------------------------------------------------------------------
     def engine_for(self, job: Job) -> tuple[str, Engine]:
@@ -185,6 +197,19 @@ class Monitor:
                 self.submit_group(key, group, stats)
 
     def submit_group(self, key: str, intents: list[JobIntent], stats: CycleStats) -> None:
+        wait = self.submit_backoff.wait(key)
+        if wait > 0:
+            # The scheduler refused the last submission as unreachable: its intents wait for
+            # the next try instead of calling it again (a wait is not a try of the intent).
+            store.mark_stale([i.job_id for i in intents])
+            for intent in intents:
+                store.retry_intent(
+                    intent,
+                    f"{key} unreachable; next submission in {wait:.1f} s",
+                    count_try=False,
+                    delay=wait,
+                )
+            return
         _, engine = self.engine_for(intents[0].job)
         ready: list[JobIntent] = []
         native_dependencies: dict[int, list[dict[str, str]]] = {}
@@ -243,17 +268,29 @@ class Monitor:
             try:
                 results = engine.submit_batch(specs)
             except EngineUnavailableError as exc:
-                for intent in batch:
-                    store.mark_stale([intent.job_id])
-                    store.retry_intent(intent, str(exc))
+                delay = self.submit_backoff.failed(key)
+                log.warning(
+                    "submitting to %s failed (%d in a row), next try in %.1f s: %s",
+                    key,
+                    self.submit_backoff.failures(key),
+                    delay,
+                    exc,
+                )
+                # This batch is tried again then; the batches after it wait with it.
+                tried = {i.pk for i in batch}
+                waiting = ready[start:]
+                store.mark_stale([i.job_id for i in waiting])
+                for intent in waiting:
+                    store.retry_intent(intent, str(exc), count_try=intent.pk in tried, delay=delay)
                 stats.errors.append(f"{key}: {exc}")
-                continue
+                return
             except Exception as exc:  # an engine bug must not lose the jobs: retry them
                 log.exception("submitting to %s failed", key)
                 for intent in batch:
                     store.retry_intent(intent, f"{type(exc).__name__}: {exc}")
                 stats.errors.append(f"{key}: {exc}")
                 continue
+            self.submit_backoff.succeeded(key)
             if self.fault == FAULT_KILL_AFTER_SUBMIT and any(r.native_id for r in results):
                 self._die_after_submit(results)
             for intent, result in zip(batch, results, strict=True):
@@ -405,7 +442,8 @@ class Monitor:
             due = key in self._poll_soon or (
                 now - self._last_poll.get(key, 0.0) >= self.settings.poll_interval
             )
-            if not due or now < self._next_try.get(key, 0.0):
+            if not due or self.poll_backoff.wait(key) > 0:
+                # Backing off: a refresh request (in _poll_soon) waits for the next try too.
                 continue
             if not store.claim_lease(f"poll:{key}", self.name, seconds=self.settings.lease_seconds):
                 continue  # another monitor polls this scheduler
@@ -429,14 +467,22 @@ class Monitor:
             stats.stale += store.mark_stale(
                 jobs, reason=reason, last_contact=store.last_poll_success(f"poll:{key}")
             )
-            delay = min(
-                self.settings.retry_initial * 2 ** min(len(stats.errors), 8),
-                self.settings.retry_max,
+            delay = self.poll_backoff.failed(key)
+            log.warning(
+                "polling %s failed (%d in a row), next try in %.1f s: %s",
+                key,
+                self.poll_backoff.failures(key),
+                delay,
+                reason,
             )
-            self._next_try[key] = time.monotonic() + delay
+            # Hold the scheduler's poll lease until then, so another monitor does not poll it
+            # in the meantime (this one's SIGTERM releases it as usual).
+            store.claim_lease(
+                f"poll:{key}", self.name, seconds=max(self.settings.lease_seconds, delay)
+            )
             stats.errors.append(f"{key}: {reason}")
             return
-        self._next_try.pop(key, None)
+        self.poll_backoff.succeeded(key)
         before = {job_id: job._status for job_id, job in jobs.items()}
         counts = store.apply_reports(
             jobs, reports, last_contact=store.last_poll_success(f"poll:{key}")
