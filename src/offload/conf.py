@@ -59,8 +59,6 @@ class OffloadSettings:
     retry_initial: float = 2.0
     retry_factor: float = 2.0
     retry_max: float = 300.0
-    #: Seconds after the last successful contact before a job is flagged stale.
-    stale_after: float = 0.0
     #: Jobs submitted per engine call.
     submit_batch_size: int = 200
     #: Engine options per engine kind, e.g. ``{"local": {"max_jobs": 4}}``.
@@ -106,7 +104,6 @@ def get_settings() -> OffloadSettings:
         retry_initial=float(raw.get("RETRY_INITIAL", 2.0)),
         retry_factor=float(raw.get("RETRY_FACTOR", 2.0)),
         retry_max=float(raw.get("RETRY_MAX", 300.0)),
-        stale_after=float(raw.get("STALE_AFTER", 0.0)),
         submit_batch_size=int(raw.get("SUBMIT_BATCH_SIZE", 200)),
         engines=engines,
     )
