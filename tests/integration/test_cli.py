@@ -10,11 +10,14 @@ import contextlib
 import http.cookiejar
 import json
 import os
+import pty
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -213,6 +216,177 @@ def test_submit_without_wait_prints_the_id_and_needs_a_monitor(cli: Offload) -> 
     assert cli.ok("monitor", "--until-idle", "--timeout", "30").returncode == 0
     assert cli.job(job_id)["status"] == "Complete"
     assert cli.ok("jobs", "logs", str(job_id), "--stream", "stdout").stdout == "later\n"
+
+
+#: A job that says it is ready, then waits until the file named by its argument exists, so a test
+#: decides when it ends.
+GATED_JOB = (
+    "import os, sys, time\n"
+    "print('ready', flush=True)\n"
+    "while not os.path.exists(sys.argv[1]):\n"
+    "    time.sleep(0.05)\n"
+    "sys.exit(int(os.environ.get('EXIT_CODE', '0')))\n"
+)
+#: Variables that would make rich treat a pipe as a terminal, or a terminal as a dumb one.
+TERMINAL_OVERRIDES = ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "TERM")
+
+
+def _display_environment(cli: Offload, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in cli.env.items() if k not in TERMINAL_OVERRIDES}
+    return env | extra
+
+
+def _plain(text: str) -> str:
+    """Terminal output without its control sequences (colours, cursor, erase)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+class Lines:
+    """The lines a process writes to a pipe, read as they come (in a thread)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        """The next line matching ``pattern`` (the lines before it are kept too)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} in {self.lines}") from None
+            if line is None:
+                raise AssertionError(f"the stream ended without {pattern!r}: {self.lines}")
+            self.lines.append(line)
+            found = re.fullmatch(pattern, line)
+            if found:
+                return found
+
+    def rest(self) -> list[str]:
+        self._thread.join(timeout=30)
+        while (line := self._queue.get_nowait()) is not None:
+            self.lines.append(line)
+        return self.lines
+
+
+def test_submit_wait_without_a_terminal_prints_each_status_once_on_stderr(
+    cli: Offload, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    waiting = subprocess.Popen(
+        cli.argv(
+            "submit", "--wait", "--no-monitor", "--", sys.executable, "-c", GATED_JOB, str(go)
+        ),
+        env=_display_environment(cli),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cli.processes.append(waiting)
+    stderr = Lines(waiting.stderr)
+    job_id = stderr.expect(r"submitted job (\d+): python.*").group(1)
+    # --no-monitor: nothing runs the job until a monitor starts, so Submitted is seen first.
+    stderr.expect(rf"job {job_id}: Submitted")
+    cli.start("monitor", "--until-idle", "--timeout", "60")
+    stderr.expect(rf"job {job_id}: Running")
+    go.touch()
+    stderr.expect(rf"job {job_id}: Complete")
+    out, _ = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0
+    lines = stderr.rest()
+    assert lines[1:] == [f"job {job_id}: {s}" for s in ("Submitted", "Running", "Complete")]
+    assert not any("\x1b" in line or "\r" in line for line in lines)  # no spinner, no colour
+    assert "ready" in out and f"job {job_id} Complete" in out  # the log tail and the outcome
+
+
+def test_submit_wait_exits_1_when_the_job_fails_after_its_status_lines(
+    cli: Offload, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    failing = subprocess.Popen(
+        cli.argv(
+            "submit", "--wait", "--env", "EXIT_CODE=3", "--",
+            sys.executable, "-c", GATED_JOB, str(go),
+        ),
+        env=_display_environment(cli),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    cli.processes.append(failing)
+    stderr = Lines(failing.stderr)
+    job_id = stderr.expect(r"submitted job (\d+): .*").group(1)
+    # Its own monitor submits and polls in the same cycle before it first looks: Running first.
+    stderr.expect(rf"job {job_id}: Running")
+    go.touch()
+    stderr.expect(rf"job {job_id}: Error")
+    out, _ = failing.communicate(timeout=30)
+    assert failing.returncode == 1
+    assert stderr.rest()[1:] == [f"job {job_id}: Running", f"job {job_id}: Error"]
+    assert "exited with code 3" in out
+
+
+def test_submit_wait_on_a_terminal_shows_one_live_status_line(cli: Offload, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            cli.argv("submit", "--wait", "--", sys.executable, "-c", GATED_JOB, str(go)),
+            env=_display_environment(cli, TERM="xterm-256color"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+        )
+    finally:
+        os.close(follower)
+    cli.processes.append(process)
+    screen: list[str] = []
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the process closed its end
+                return
+            if not chunk:
+                return
+            screen.append(chunk.decode("utf-8", "replace"))
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        # The live line: status, elapsed time and the job's last line of output.
+        live = re.compile(r"job (\d+): Running · \d+:\d\d:\d\d · ready")
+        while not live.search(_plain("".join(screen))):
+            assert time.monotonic() < deadline, _plain("".join(screen))[-2000:]
+            assert process.poll() is None, _plain("".join(screen))[-2000:]
+            time.sleep(0.1)
+        go.touch()
+        out, _ = process.communicate(timeout=30)
+        reader.join(timeout=10)
+    finally:
+        os.close(leader)
+    assert process.returncode == 0
+    raw = "".join(screen)
+    text = _plain(raw)
+    match = live.search(text)
+    assert match is not None
+    job_id = match.group(1)
+    assert f"submitted job {job_id}" in text
+    assert any(frame in text for frame in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")  # rich's spinner
+    assert "\x1b[2K" in raw  # redrawn in place: the line is erased and written again
+    assert not re.search(rf"job {job_id}: Running\r?\n", text)  # not the pipe's status lines
+    assert f"job {job_id} Complete" in out  # the outcome still goes to standard output
 
 
 # -- jobs ---------------------------------------------------------------------------------------------
