@@ -38,6 +38,7 @@ from offload.engines.base import NativeReport, SubmitOutcome, SubmitResult
 from offload.errors import (
     InvalidJobError,
     JobAlreadyExecutedError,
+    JobNotFoundError,
     JobStateError,
     NotSupportedError,
 )
@@ -758,11 +759,19 @@ def _side_effects(job: Job, new: Status, now: datetime.datetime) -> dict[str, An
 
 
 def apply_change(
-    job: Job, change: Change, *, force: bool = False, attempt: int | None = None
+    job: Job,
+    change: Change,
+    *,
+    force: bool = False,
+    attempt: int | None = None,
+    visible_only: bool = False,
 ) -> bool:
     """Move ``job`` to ``change.status`` if the rules allow it. Returns True when a change was
     written (with one JobEvent). ``force`` is for resubmit only: it may leave a final status.
-    With ``attempt``, a report about another attempt (one raced by a resubmit) is dropped."""
+    With ``attempt``, a report about another attempt (one raced by a resubmit) is dropped.
+    ``visible_only`` (app actions): a job whose row is gone or that was deleted is not changed
+    but raises JobNotFoundError (found when the write matches no row: no query more)."""
+    visible = Q(deleted_at__isnull=True) if visible_only else Q()
     for _ in range(3):
         if attempt is not None and job.attempt != attempt:
             return False
@@ -773,7 +782,7 @@ def apply_change(
         # the batch, which the next poll applies again.
         with transaction.atomic(savepoint=False):
             updated = (
-                Job.objects.filter(pk=job.pk, attempt=job.attempt)
+                Job.objects.filter(visible, pk=job.pk, attempt=job.attempt)
                 # The status is compared through an expression so that the primary key finds the
                 # row: after many jobs changed status, stale statistics make PostgreSQL prefer the
                 # (status, job_type) index, one scan of every job in that status per update.
@@ -788,7 +797,8 @@ def apply_change(
                     intent.save(force_insert=True)
         if updated:
             return True
-        _reload(job)  # someone else changed it first: decide again on fresh data
+        # Someone else changed it first: decide again on fresh data.
+        _reload(job, must_exist=visible_only)
     return False
 
 
@@ -1084,7 +1094,10 @@ def _update_details(job: Job, change: Change) -> None:
             setattr(job, name, value)
 
 
-def _reload(job: Job) -> None:
+def _reload(job: Job, *, must_exist: bool = False) -> None:
+    """Re-read what the monitor and other writers change. ``must_exist`` (app actions): a job
+    whose row is gone, or that was deleted (hidden until a monitor removes it), raises
+    JobNotFoundError; otherwise such a job is left as it is."""
     fresh = (
         Job.objects.filter(pk=job.pk)
         .values(
@@ -1104,10 +1117,18 @@ def _reload(job: Job) -> None:
         )
         .first()
     )
-    if fresh is None:
+    if fresh is None or (must_exist and fresh["deleted_at"] is not None):
+        if must_exist:
+            raise JobNotFoundError(job.pk)
         return
     for name, value in fresh.items():
         setattr(job, name, value)
+
+
+def _require_visible(job: Job) -> None:
+    """JobNotFoundError unless the job's row exists and the job was not deleted."""
+    if not Job.objects.filter(pk=job.pk, deleted_at__isnull=True).exists():
+        raise JobNotFoundError(job.pk)
 
 
 def _add_intent(
@@ -1150,14 +1171,12 @@ def execute(
         job.parameters = params
         normalised = True
     if Status(job._status) != Status.PENDING:
-        _reload(job)
+        _reload(job, must_exist=True)
     if Status(job._status) != Status.PENDING or job.attempt > 0:
         raise JobAlreadyExecutedError(
             f"job {job.id} was already executed (status {job.cached_status}); "
             "use resubmit() to run it again"
         )
-    if job.owns_workspace or job.workspace:
-        Path(job.workspace).mkdir(parents=True, exist_ok=True)
     now = timezone.now()
     with transaction.atomic():
         changed = apply_change(
@@ -1171,9 +1190,13 @@ def execute(
                 fields={"execute_time": now, "attempt": 1}
                 | ({"parameters": params} if normalised else {}),
             ),
+            visible_only=True,
         )
         if not changed:
             raise JobAlreadyExecutedError(f"job {job.id} was executed by someone else just now")
+        # Only for a job that exists (a deleted one's folder is not made again).
+        if job.owns_workspace or job.workspace:
+            Path(job.workspace).mkdir(parents=True, exist_ok=True)
         if engine_cls.executes:
             _add_intent(
                 job.pk, IntentAction.EXECUTE, 1, payload=dict(extra or {}), requested_by=actor
@@ -1213,6 +1236,10 @@ def set_status(
         current_text=str((job.extended_properties or {}).get(OTHER_STATUS_KEY, "")),
         new_text=text,
     )
+    if verdict != Verdict.APPLY:
+        # Nothing is written below (a refusal, or the same status again): ask the row whether
+        # the job still exists, which the write would otherwise have found out.
+        _require_visible(job)
     if verdict == Verdict.FINAL:
         raise JobStateError(
             f"job {job.id} is {job.cached_status}, which is final; use resubmit() to run it again"
@@ -1222,7 +1249,9 @@ def set_status(
             f"job {job.id} cannot go back from {job.cached_status} to {text or parsed.display}"
         )
     return apply_change(
-        job, Change(parsed, source, message=message, text=text, category=category, actor=actor)
+        job,
+        Change(parsed, source, message=message, text=text, category=category, actor=actor),
+        visible_only=True,
     )
 
 
@@ -1230,7 +1259,7 @@ def refresh(job: Job) -> None:
     """Reload the job's status and ask a monitor to poll its scheduler soon (no scheduler call)."""
     if job._state.adding:
         return
-    _reload(job)
+    _reload(job, must_exist=True)
     request_refresh(job.pk)
 
 
@@ -1260,7 +1289,7 @@ def _open_intent(job: Job, action: str) -> JobIntent | None:
 def stop(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
     """Stop the job. A job not yet handed to its engine is Aborted at once; a submitted one is
     stopped by the monitor on its scheduler."""
-    _reload(job)
+    _reload(job, must_exist=True)
     current = Status(job._status)
     if rules.is_final(current, job.other_category) or current in rules.RESULTS_PENDING:
         raise JobStateError(f"job {job.id} has already finished ({job.cached_status})")
@@ -1268,7 +1297,9 @@ def stop(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
     with transaction.atomic():
         if current == Status.PENDING:
             apply_change(
-                job, Change(Status.ABORTED, source, "stopped before it was executed", actor=actor)
+                job,
+                Change(Status.ABORTED, source, "stopped before it was executed", actor=actor),
+                visible_only=True,
             )
             return
         # Not yet submitted (queued, or deferred for a free slot): cancel the submission itself.
@@ -1279,7 +1310,9 @@ def stop(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
         ).filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
         if not job.native_id and pending.update(done_at=now, outcome="cancelled by stop"):
             apply_change(
-                job, Change(Status.ABORTED, source, "stopped before it was submitted", actor=actor)
+                job,
+                Change(Status.ABORTED, source, "stopped before it was submitted", actor=actor),
+                visible_only=True,
             )
             return
         if engine_class_for(job).executes:
@@ -1287,7 +1320,9 @@ def stop(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
                 _add_intent(job.pk, IntentAction.STOP, job.attempt, requested_by=actor)
             _update_details(job, Change(current, source, message="stop requested"))
         else:
-            apply_change(job, Change(Status.ABORTED, source, "stopped", actor=actor))
+            apply_change(
+                job, Change(Status.ABORTED, source, "stopped", actor=actor), visible_only=True
+            )
 
 
 def pause(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
@@ -1296,7 +1331,7 @@ def pause(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
         raise NotSupportedError(
             f"job {job.id} runs on the {engine_cls.kind} engine, which cannot pause jobs"
         )
-    _reload(job)
+    _reload(job, must_exist=True)
     current = Status(job._status)
     if current not in (Status.RUNNING, Status.VARIOUS, Status.SUBMITTED, Status.OTHER) or (
         current == Status.SUBMITTED and not job.native_id and engine_cls.executes
@@ -1305,7 +1340,7 @@ def pause(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
             f"job {job.id} is {job.cached_status}; only a running job can be paused"
         )
     if not engine_cls.executes:
-        apply_change(job, Change(Status.PAUSED, source, actor=actor))
+        apply_change(job, Change(Status.PAUSED, source, actor=actor), visible_only=True)
         return
     if _open_intent(job, IntentAction.PAUSE) is None:
         _add_intent(job.pk, IntentAction.PAUSE, job.attempt, requested_by=actor)
@@ -1317,13 +1352,13 @@ def resume(job: Job, *, source: str = EventSource.APP, actor: str = "") -> None:
         raise NotSupportedError(
             f"job {job.id} runs on the {engine_cls.kind} engine, which cannot pause or resume jobs"
         )
-    _reload(job)
+    _reload(job, must_exist=True)
     if Status(job._status) != Status.PAUSED and _open_intent(job, IntentAction.PAUSE) is None:
         raise JobStateError(
             f"job {job.id} is {job.cached_status}; only a paused job can be resumed"
         )
     if not engine_cls.executes:
-        apply_change(job, Change(Status.RUNNING, source, actor=actor))
+        apply_change(job, Change(Status.RUNNING, source, actor=actor), visible_only=True)
         return
     if _open_intent(job, IntentAction.RESUME) is None:
         _add_intent(job.pk, IntentAction.RESUME, job.attempt, requested_by=actor)
@@ -1334,7 +1369,7 @@ def resubmit(job: Job, *, source: str = EventSource.APP, actor: str = "") -> Non
     active on its scheduler is stopped there first."""
     if job._state.adding:
         raise JobStateError("an unsaved job cannot be resubmitted; execute() it first")
-    _reload(job)
+    _reload(job, must_exist=True)
     engine_cls = engine_class_for(job)
     engine_cls(None).validate(job.parameters or {})
     old_handle = job.handle().to_dict() if job.native_id or job.engine_state else None
@@ -1375,6 +1410,7 @@ def resubmit(job: Job, *, source: str = EventSource.APP, actor: str = "") -> Non
                 },
             ),
             force=True,
+            visible_only=True,
         )
         if not changed:
             raise JobStateError(f"job {job.id} changed while resubmitting; try again")
@@ -1441,7 +1477,7 @@ def get_logs(job: Job) -> dict[str, Any]:
 # -- result processing ------------------------------------------------------------------------------
 def process_results_now(job: Job) -> None:
     """Run result processing in the caller, under the same database lock as the monitor's."""
-    _reload(job)
+    _reload(job, must_exist=True)
     current = Status(job._status)
     if current not in rules.RESULTS_PENDING and not (
         current == Status.ERROR and (job.engine_state or {}).get("results_error")
