@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -610,6 +611,51 @@ def test_local_job_run_by_the_monitor_shows_its_logs(
     assert "hello" not in html  # cut off with the start of the log
     assert "a warning &amp; more" in html
     assert "→ Complete" in html
+
+
+def test_the_list_links_each_job_to_its_logs(
+    alice: Client, user: Any, until: Callable[..., Any]
+) -> None:
+    done = JobManager("logs").create_job(
+        "talks", user, job_type="LOCAL", executable=sys.executable, arguments=["-c", "print('hi')"]
+    )
+    done.execute()
+    monitor = Monitor(name="web-test-logs-link")
+    try:
+        until(
+            lambda: _reload(done).status in ("Complete", "Error"),
+            step=monitor.run_cycle,
+            timeout=60,
+            what="the local job to finish",
+        )
+    finally:
+        monitor.shutdown()
+    waiting = _job(user, "not run yet")
+    html = alice.get("/jobs/").content.decode()
+
+    def row(job: Job) -> str:
+        found = re.search(rf'<tr id="job-{job.pk}".*?</tr>', html, re.S)
+        assert found, html
+        return found.group(0)
+
+    # A link of its own in the row (not only the name's link to the job's page), named in words.
+    link = re.search(r'<a class="act"[^>]*data-action="logs"[^>]*>Logs</a>', row(done))
+    assert link, row(done)
+    assert f'href="/jobs/{done.pk}/#logs"' in link.group(0)
+    assert f'aria-label="Logs of job {done.pk}"' in link.group(0)
+    assert "aria-disabled" not in link.group(0)
+    page = alice.get(f"/jobs/{done.pk}/")  # where it leads: the logs section of the job's page
+    assert page.status_code == 200
+    target = page.content.decode()
+    assert '<h2 id="logs">Logs</h2>' in target
+    assert "hi\n" in [log.text for log in page.context["logs"]]
+    # A job that has not run has no logs yet: the link is there but disabled (and hidden), until
+    # the live stream says the job started.
+    before = re.search(
+        r'<a class="act disabled"[^>]*data-action="logs"[^>]*>Logs</a>', row(waiting)
+    )
+    assert before, row(waiting)
+    assert 'aria-disabled="true" tabindex="-1"' in before.group(0)
 
 
 def test_short_logs_are_escaped(alice: Client, user: Any, until: Callable[..., Any]) -> None:
