@@ -13,7 +13,7 @@ from django.urls import NoReverseMatch, reverse
 from offload import store
 from offload.errors import InvalidJobError, TemplateNotFoundError
 from offload.models import JOB_TYPES, Job
-from offload.status import Category
+from offload.status import Category, Status
 from offload.templates import JobTemplate
 
 #: The kwargs create_job accepts besides type-specific parameters.
@@ -83,12 +83,16 @@ class JobManager:
         self.job_templates[template.name] = template
 
     def add_custom_status(self, text: str, category: Category | str) -> None:
-        """Declare a custom status text in a category (pre-running, running, active, terminal)."""
-        try:
-            store.declare_custom_status(self.label, text, Category(category))
-        except ValueError:
-            valid = ", ".join(c.value for c in Category)
-            raise ValueError(f"category {category!r} is not one of {valid}") from None
+        """Declare a custom status text in a category (pre-running, running, active,
+        non-terminal, terminal). A bad text or category raises InvalidJobError naming it."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidJobError("text", f"a custom status must be non-empty text, not {text!r}")
+        builtin = Status.parse(text)
+        if builtin is not None:
+            raise InvalidJobError(
+                "text", f"{text!r} is the built-in status {builtin.display}, not a custom one"
+            )
+        store.declare_custom_status(self.label, text.strip(), Category.parse(category))
 
     # -- the Jobs API -------------------------------------------------------------------------
     def create_job(

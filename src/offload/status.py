@@ -10,6 +10,8 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from offload.errors import InvalidJobError
+
 
 class Status(enum.StrEnum):
     """The eleven Tethys statuses. The value is the three-letter code stored in the database."""
@@ -68,13 +70,29 @@ STATUS_CHOICES: list[tuple[str, str]] = [(s.value, s.display) for s in Status]
 
 
 class Category(enum.StrEnum):
-    """The category a custom ("Other") status may be declared in, as Tethys's
-    ``add_custom_*_status`` methods allow."""
+    """The category a custom ("Other") status may be declared in: Tethys's five status lists.
+    Non-terminal is neither pre-running, running, active nor terminal: a status the job pauses
+    in, as Paused or an undeclared custom status."""
 
     PRE_RUNNING = "pre-running"
     RUNNING = "running"
     ACTIVE = "active"
+    NON_TERMINAL = "non-terminal"
     TERMINAL = "terminal"
+
+    @classmethod
+    def parse(cls, value: Category | str) -> Category:
+        """The category named by ``value`` (its name as Tethys writes it, e.g. ``"non-terminal"``,
+        case-insensitively; ``_`` for ``-`` too); InvalidJobError naming the valid ones."""
+        if isinstance(value, Category):
+            return value
+        if isinstance(value, str):
+            key = value.strip().lower().replace("_", "-")
+            for category in cls:
+                if category.value == key:
+                    return category
+        valid = ", ".join(c.value for c in cls)
+        raise InvalidJobError("category", f"{value!r} is not a status category (valid: {valid})")
 
 
 # Tethys's lists (display names), kept for apps that test membership in them.
@@ -131,7 +149,16 @@ _CATEGORY_RANK: dict[Category, int] = {
     Category.PRE_RUNNING: 1,
     Category.RUNNING: 2,
     Category.ACTIVE: 2,
+    Category.NON_TERMINAL: 2,
     Category.TERMINAL: 4,
+}
+#: How a custom status declared in each category behaves, for the documentation.
+_CATEGORY_MEANING: dict[Category, str] = {
+    Category.PRE_RUNNING: "ranks with Submitted",
+    Category.RUNNING: "ranks with Running",
+    Category.ACTIVE: "ranks with Running",
+    Category.NON_TERMINAL: "ranks with Paused (neither running nor final)",
+    Category.TERMINAL: "is final, as Complete",
 }
 
 #: Where a job may go from each status. Results-Ready and Various-Complete lead only to the end of
@@ -277,7 +304,11 @@ def render_docs() -> str:
         f"- running: {', '.join(RUNNING_STATUSES)}\n"
         f"- active: {', '.join(ACTIVE_STATUSES)}\n"
         f"- non-terminal: {', '.join(NON_TERMINAL_STATUSES)}\n"
-        f"- terminal: {', '.join(TERMINAL_STATUSES)}\n"
+        f"- terminal: {', '.join(TERMINAL_STATUSES)}\n\n"
+        "A custom status is declared per app in one of them "
+        "(`JobManager.add_custom_status(text, category)`): "
+        + "; ".join(f"{c.value} {_CATEGORY_MEANING[c]}" for c in Category)
+        + ". The monitor keeps watching a job in a custom status unless it is terminal.\n"
     )
 
 

@@ -169,7 +169,7 @@ def _user_folder(root: Path, label: str, name: str | None, user_pk: Any) -> Path
 
 
 def declare_custom_status(label: str, text: str, category: Category | str) -> None:
-    _CUSTOM_STATUSES.setdefault(label, {})[text] = Category(category)
+    _CUSTOM_STATUSES.setdefault(label, {})[text] = Category.parse(category)
 
 
 def custom_status_category(label: str, text: str) -> Category | None:

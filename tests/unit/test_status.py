@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from offload import status as rules
+from offload.errors import InvalidJobError
 from offload.status import (
     ACTIVE_STATUSES,
     FINAL,
@@ -84,7 +85,65 @@ def test_tethys_category_lists() -> None:
 
 
 def test_categories() -> None:
-    assert {c.value for c in Category} == {"pre-running", "running", "active", "terminal"}
+    # Tethys's five lists.
+    assert [c.value for c in Category] == [
+        "pre-running",
+        "running",
+        "active",
+        "non-terminal",
+        "terminal",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "category"),
+    [
+        ("non-terminal", Category.NON_TERMINAL),
+        ("NON_TERMINAL", Category.NON_TERMINAL),
+        (" Pre-Running ", Category.PRE_RUNNING),
+        (Category.TERMINAL, Category.TERMINAL),
+        ("active", Category.ACTIVE),
+    ],
+)
+def test_category_parse(given: str, category: Category) -> None:
+    assert Category.parse(given) is category
+
+
+@pytest.mark.parametrize("given", ["sideways", "", None, 3, "nonterminal"])
+def test_an_unknown_category_names_the_field_and_the_valid_ones(given: object) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        Category.parse(given)  # type: ignore[arg-type]
+    assert info.value.field == "category"
+    assert str(info.value) == (
+        f"category: {given!r} is not a status category "
+        "(valid: pre-running, running, active, non-terminal, terminal)"
+    )
+    assert isinstance(info.value, ValueError)
+
+
+def test_a_non_terminal_custom_status_is_neither_running_nor_final() -> None:
+    assert rules.rank(Status.OTHER, Category.NON_TERMINAL) == rules.rank(Status.PAUSED)
+    assert not rules.is_final(Status.OTHER, Category.NON_TERMINAL)
+    assert rules.is_active(Status.OTHER, Category.NON_TERMINAL)  # the monitor keeps watching
+
+    def into(current: Status) -> Verdict:
+        return check_transition(
+            current, Status.OTHER, new_category=Category.NON_TERMINAL, new_text="Reviewing"
+        )
+
+    def out_to(new: Status) -> Verdict:
+        return check_transition(
+            Status.OTHER, new, current_category=Category.NON_TERMINAL, current_text="Reviewing"
+        )
+
+    for current in (Status.PENDING, Status.SUBMITTED, Status.RUNNING, Status.PAUSED):
+        assert into(current) is Verdict.APPLY
+    for final in (Status.COMPLETE, Status.ERROR, Status.ABORTED):
+        assert into(final) is Verdict.FINAL
+    for new in (Status.RUNNING, Status.PAUSED, Status.VARIOUS, Status.COMPLETE, Status.ERROR):
+        assert out_to(new) is Verdict.APPLY
+    for earlier in (Status.PENDING, Status.SUBMITTED):
+        assert out_to(earlier) is Verdict.BACKWARD
 
 
 def test_final_statuses() -> None:
