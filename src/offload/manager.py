@@ -105,7 +105,8 @@ class JobManager:
         **kwargs: Any,
     ) -> Job:
         """A new, unsaved job of ``job_type`` (or of the template's type). ``job.save()`` or
-        ``job.execute()`` stores it; ``{id}`` in the name becomes its id then."""
+        ``job.execute()`` stores it; ``{id}`` in the name becomes its id then, and a ``status``
+        given here is set (see :func:`offload.store.set_initial_status`)."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidJobError("name", "must be a non-empty string")
         if template_name is not None:
@@ -118,7 +119,7 @@ class JobManager:
             if job_type is None:
                 job_type = template.type
         cls = resolve_job_class(job_type)
-        allowed = JOB_FIELDS | set(cls.parameter_names)
+        allowed = JOB_FIELDS | {"status"} | set(cls.parameter_names)
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
             raise TypeError(
@@ -126,6 +127,7 @@ class JobManager:
                 f"{', '.join(unknown)} (accepted: {', '.join(sorted(allowed))})"
             )
         process_fn = kwargs.pop("process_results_function", None)
+        status = kwargs.pop("status", None)
         params = dict(kwargs.pop("parameters", None) or {})
         for pname in cls.parameter_names:
             if pname in kwargs:
@@ -136,6 +138,9 @@ class JobManager:
             job.process_results_function = process_fn
         if groups is not None:
             job._pending_groups = _resolve_groups(groups)  # type: ignore[attr-defined]
+        if status is not None:
+            # Stored with the job (Tethys's status setter saves at once; the job stays unsaved).
+            store.set_initial_status(job, status)
         return job
 
     def _scoped(self) -> QuerySet[Job]:

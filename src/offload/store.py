@@ -219,6 +219,7 @@ def save_job(job: Job, *, super_save: Callable[..., None], args: Any, kwargs: An
             if not workspace:
                 job.owns_workspace = False
             raise
+        job.__dict__.pop(INITIAL_STATUS, None)
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
         return
     loaded = loaded_values(job)
@@ -322,11 +323,14 @@ def _fill_id_fields(job: Job) -> dict[str, Any]:
 
 
 def _finish_creation(job: Job) -> None:
-    """The groups create_job was given, and the creation event (in the creating transaction)."""
+    """The groups create_job was given, the creation event, and the status create_job was given
+    (in the creating transaction)."""
     pending_groups = job.__dict__.pop("_pending_groups", None)
     if pending_groups:
         job.groups.set(pending_groups)
     _insert_creation_events([job.pk])
+    if INITIAL_STATUS in job.__dict__:
+        _apply_initial_statuses([job])
 
 
 def _snapshot(job: Job) -> dict[str, Any]:
@@ -399,15 +403,18 @@ def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
             for job in jobs:
                 if job.pk is not None:
                     job.name = job.name.replace("{id}", str(job.pk))
-            if reserved is not None and len(fresh) == len(jobs):
+            copied = reserved is not None and len(fresh) == len(jobs)
+            if copied:
                 # PostgreSQL, every row complete: COPY the jobs and their events.
                 _copy_new_jobs(jobs)
-                return jobs
-            created = Job.objects.bulk_create(jobs, batch_size=batch_size)
-            if reserved is None:
-                _fill_ids_in_database(created, own_workspace, batch_size)
-            for chunk in _chunks([job.pk for job in created], batch_size):
-                _insert_creation_events(chunk)
+                created = jobs
+            else:
+                created = Job.objects.bulk_create(jobs, batch_size=batch_size)
+                if reserved is None:
+                    _fill_ids_in_database(created, own_workspace, batch_size)
+                for chunk in _chunks([job.pk for job in created], batch_size):
+                    _insert_creation_events(chunk)
+            _apply_initial_statuses(created)
     except BaseException:
         for job, name in zip(jobs, names, strict=True):
             job.name = name
@@ -417,6 +424,10 @@ def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
         for job in fresh:
             job.id = None
         raise
+    for job in created:
+        job.__dict__.pop(INITIAL_STATUS, None)
+    if copied:
+        return created  # saved with the row they were written from as their snapshot
     for job in created:
         job._state.adding = False
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
@@ -620,6 +631,7 @@ def _can_insert_in_one_statement(job: Job, args: Any, kwargs: Any) -> bool:
         and not args
         and not (set(kwargs) - {"force_insert"})
         and not job.__dict__.get("_pending_groups")
+        and INITIAL_STATUS not in job.__dict__
         and not pre_save.has_listeners(type(job))
         and not post_save.has_listeners(type(job))
     )
@@ -1160,6 +1172,11 @@ def execute(
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Submitted now; the monitor submits to the engine. Only a Pending job can be executed."""
+    if job._state.adding and job.__dict__.get(INITIAL_STATUS) is not None:
+        raise JobStateError(
+            f"job {job.name!r} was created with status {job.__dict__[INITIAL_STATUS]!r}; "
+            "only a Pending job can be executed"
+        )
     # Validate first: bad parameters must not leave a half-made job behind.
     engine_cls = engine_class_for(job)
     params = engine_cls(None).validate(job.parameters or {})
@@ -1212,21 +1229,10 @@ def set_status(
     actor: str = "",
 ) -> bool:
     """An explicit status from app code: a display name, a code, or any text (stored as Other)."""
+    change = _status_change(job, value, message=message, source=source, actor=actor)
     if job._state.adding:
         job.save()
-    if not isinstance(value, Status) and (not isinstance(value, str) or not value.strip()):
-        raise InvalidJobError("status", f"must be a status name or non-empty text, not {value!r}")
-    parsed = Status.parse(value)
-    text = ""
-    category = None
-    if parsed is None or parsed == Status.OTHER:
-        text = (
-            str(value).strip()
-            if parsed is None
-            else str((job.extended_properties or {}).get(OTHER_STATUS_KEY, "Other"))
-        )
-        category = custom_status_category(job.label, text)
-        parsed = Status.OTHER
+    parsed, text, category = change.status, change.text, change.category
     current = Status(job._status)
     verdict = rules.check_transition(
         current,
@@ -1248,11 +1254,75 @@ def set_status(
         raise JobStateError(
             f"job {job.id} cannot go back from {job.cached_status} to {text or parsed.display}"
         )
-    return apply_change(
-        job,
-        Change(parsed, source, message=message, text=text, category=category, actor=actor),
-        visible_only=True,
-    )
+    return apply_change(job, change, visible_only=True)
+
+
+def _status_change(
+    job: Job,
+    value: str | Status,
+    *,
+    message: str | None = None,
+    source: str = EventSource.APP,
+    actor: str = "",
+) -> Change:
+    """The change ``update_status(value)`` asks for: a status by display name or code, or any
+    text as Other (in the category the job's app declared it in). InvalidJobError for a value
+    that names no status and is no text."""
+    if not isinstance(value, Status) and (not isinstance(value, str) or not value.strip()):
+        raise InvalidJobError("status", f"must be a status name or non-empty text, not {value!r}")
+    parsed = Status.parse(value)
+    text = ""
+    category = None
+    if parsed is None or parsed == Status.OTHER:
+        text = (
+            str(value).strip()
+            if parsed is None
+            else str((job.extended_properties or {}).get(OTHER_STATUS_KEY, "Other"))
+        )
+        category = custom_status_category(job.label, text)
+        parsed = Status.OTHER
+    return Change(parsed, source, message=message, text=text, category=category, actor=actor)
+
+
+def set_initial_status(job: Job, value: str | Status) -> None:
+    """``create_job(..., status=value)``: the new job takes that status when it is first stored,
+    as ``update_status(value)`` right after would set it (one more event, from Pending). Only a
+    job whose status the app drives itself (an engine that does not execute, as BASIC's) may
+    start in another status than Pending; InvalidJobError otherwise, or for a bad value."""
+    change = _status_change(job, value)
+    if change.status == Status.PENDING:
+        job.__dict__.pop(INITIAL_STATUS, None)
+        return
+    engine_cls = engine_class_for(job)
+    if engine_cls.executes:
+        raise InvalidJobError(
+            "status",
+            f"a {type(job).__name__} is created Pending and execute() submits it; "
+            f"{value!r} can be given only to a job whose status the app sets itself "
+            "(BASIC), or set after execute()",
+        )
+    job.__dict__[INITIAL_STATUS] = value
+
+
+#: Where a new job keeps the status create_job was given until it is stored.
+INITIAL_STATUS = "_initial_status"
+
+
+def _apply_initial_statuses(jobs: Sequence[Job]) -> None:
+    """Just-inserted jobs created with a status: move them to it, in the inserting transaction,
+    with one UPDATE and one events INSERT per batch (as a poll's changes are written)."""
+    plans: list[_Planned] = []
+    for job in jobs:
+        value = job.__dict__.get(INITIAL_STATUS)
+        if value is not None:
+            planned = _decide(job, _status_change(job, value))
+            if planned is not None:
+                plans.append(planned)
+    for start in range(0, len(plans), APPLY_BATCH):
+        batch = plans[start : start + APPLY_BATCH]
+        if not _write_together(batch):  # not expected: the rows were inserted just now
+            for planned in batch:
+                apply_change(planned.job, planned.change)
 
 
 def refresh(job: Job) -> None:
