@@ -202,7 +202,8 @@ class JobManager:
         return str(request.build_absolute_uri(relative))
 
     def bulk_create(self, jobs: Iterable[Job]) -> list[Job]:
-        """Store many jobs from :meth:`create_job` at once (the fast path; no groups)."""
+        """Store many jobs from :meth:`create_job` at once (the fast path), with the groups and
+        statuses they were created with, in a number of queries that does not grow per job."""
         return store.bulk_create_jobs(list(jobs))
 
 

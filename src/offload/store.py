@@ -370,7 +370,7 @@ def _field_plan() -> list[tuple[Any, str, tuple[type, ...], bool]]:
 
 def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
     """Insert many new jobs at once (the fast path): ``{id}`` and default workspaces resolved, one
-    creation event each, and no query per job. On PostgreSQL the ids are taken from the sequence
+    creation event each, the groups and statuses create_job was given, and no query per job. On PostgreSQL the ids are taken from the sequence
     first, so each row is complete, and the jobs and their events are written with ``COPY``;
     elsewhere the ids come back from the INSERT and the database puts them into names and
     workspaces (at most two UPDATEs per batch), and writes the events from the job rows (one
@@ -414,6 +414,7 @@ def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
                     _fill_ids_in_database(created, own_workspace, batch_size)
                 for chunk in _chunks([job.pk for job in created], batch_size):
                     _insert_creation_events(chunk)
+            _add_groups(created, batch_size)
             _apply_initial_statuses(created)
     except BaseException:
         for job, name in zip(jobs, names, strict=True):
@@ -426,12 +427,30 @@ def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
         raise
     for job in created:
         job.__dict__.pop(INITIAL_STATUS, None)
+        job.__dict__.pop("_pending_groups", None)
     if copied:
         return created  # saved with the row they were written from as their snapshot
     for job in created:
         job._state.adding = False
         job._loaded = _snapshot(job)  # type: ignore[attr-defined]
     return created
+
+
+def _add_groups(jobs: Sequence[Job], batch_size: int) -> None:
+    """The groups create_job was given to just-inserted jobs: their rows of the groups table in
+    one INSERT per ``batch_size`` rows (fewer if the database's parameter limit asks for it)."""
+    through = Job.groups.through
+    rows = []
+    for job in jobs:
+        seen: set[int] = set()
+        for group in job.__dict__.get("_pending_groups") or ():
+            if group.pk is None:
+                raise InvalidJobError("groups", f"group {group!r} is not saved")
+            if group.pk not in seen:
+                seen.add(group.pk)
+                rows.append(through(job_id=job.pk, group_id=group.pk))
+    if rows:
+        through.objects.bulk_create(rows, batch_size=batch_size)
 
 
 def _copy_new_jobs(jobs: list[Job]) -> None:
