@@ -1629,16 +1629,10 @@ def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
     """Call the job's result function once; Complete on success, Error (with the reason) after
     ``retries`` failed tries. The claimed intent is the lock that survives restarts."""
     function_name = job._process_results_function
+    keep, returned = False, None
     try:
         if function_name:
-            function = resolve_function(function_name)
-            # A job type that stores its result elsewhere (DaskJob: in the workspace) loads it.
-            if _wants_two(function):
-                loader = getattr(job, "results_argument", None)
-                state = job.engine_state or {}
-                function(job, loader() if callable(loader) else state.get("result"))
-            else:
-                function(job)
+            keep, returned = call_results_function(job, resolve_function(function_name))
     except Exception as exc:  # the app's code: any failure is reported, not raised into the loop
         message = f"result processing failed: {type(exc).__name__}: {exc}"
         log.warning("job %s: %s", job.pk, message)
@@ -1652,6 +1646,22 @@ def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
         )
         finish_intent(intent, message)
         return
+    if keep:
+        try:
+            job.store_result(returned)  # type: ignore[attr-defined]
+        except Exception as exc:  # e.g. a value Dask cannot serialize: calling again won't help
+            message = (
+                "result processing failed: what it returned could not be stored as the job's "
+                f"result: {type(exc).__name__}: {exc}"
+            )
+            log.warning("job %s: %s", job.pk, message)
+            state = dict(job.engine_state or {}) | {"results_error": message}
+            apply_change(
+                job,
+                Change(Status.ERROR, EventSource.MONITOR, message, fields={"engine_state": state}),
+            )
+            finish_intent(intent, message)
+            return
     apply_change(
         job,
         Change(
@@ -1661,6 +1671,30 @@ def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
         ),
     )
     finish_intent(intent, "done")
+
+
+def call_results_function(job: Any, function: Callable[..., Any]) -> tuple[bool, Any]:
+    """Call a finished job's ``process_results_function`` the way its type is called. Returns
+    whether what it returned is to be stored as the job's result, and what it returned.
+
+    - A job type that keeps a result of its own (DaskJob: ``results_argument`` loads it,
+      ``store_result`` stores it), as Tethys's DaskJob calls it: ``function(result)``, and what it
+      returns becomes the job's result (None too). A function of two positional arguments is
+      offload's ``function(job, result)``: what it returns replaces the result unless it is None.
+    - Any other job: ``function(job)``, or ``function(job, engine_state["result"])`` for a
+      function of two positional arguments; what it returns is not kept.
+    """
+    loader = getattr(job, "results_argument", None)
+    if not callable(loader):
+        loader = None
+    keeps_result = loader is not None and callable(getattr(job, "store_result", None))
+    if _wants_two(function):
+        result = loader() if loader is not None else (job.engine_state or {}).get("result")
+        returned = function(job, result)
+        return keeps_result and returned is not None, returned
+    if keeps_result and loader is not None:
+        return True, function(loader())
+    return False, function(job)
 
 
 def _wants_two(function: Callable[..., Any]) -> bool:
