@@ -747,7 +747,7 @@ def bench_monitor(results: Results, users: list[Any], jobs: int) -> None:
         "started": time.time(),
     }
     for job in local:
-        folder = attempt_dir(job.workspace, 1)
+        folder = attempt_dir(job.workspace, job.pk, 1)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "runner.json").write_text(json.dumps(runner))
     Job.objects.filter(label="monitor", job_type="LOCAL").update(
@@ -776,7 +776,7 @@ def bench_monitor(results: Results, users: list[Any], jobs: int) -> None:
     )
     exit_json = json.dumps({"returncode": 0, "started": time.time(), "finished": time.time()})
     for job in local:
-        (attempt_dir(job.workspace, 1) / "exit.json").write_text(exit_json)
+        (attempt_dir(job.workspace, job.pk, 1) / "exit.json").write_text(exit_json)
     last = run_cycle(monitor)
     assert last[2].changed == jobs, last[2]
     results.add(

@@ -800,7 +800,7 @@ class DaskJob(Job):
             return None
         from offload.engines.dask import load_result
 
-        return load_result(self.workspace, self.attempt)
+        return load_result(self.workspace, self.pk, self.attempt)
 
     def results_argument(self) -> Any:
         """What ``process_results_function`` receives: ``f(result)`` or ``f(job, result)``."""
@@ -876,7 +876,7 @@ class DaskJob(Job):
         else:
             if not self.workspace:
                 raise InvalidJobError("workspace", "a DaskJob needs a workspace for its task")
-            dask_engine.write_task(self.workspace, data)
+            dask_engine.write_task(self.workspace, self.pk, data)
         store.execute(self, source=source)
 
 

@@ -10,6 +10,7 @@ Nothing here calls a scheduler except :func:`get_logs` (reading the job's own lo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import importlib
@@ -34,7 +35,13 @@ from django.utils import timezone
 
 from offload import status as rules
 from offload.conf import get_settings, workspace_root
-from offload.engines.base import NativeReport, SubmitOutcome, SubmitResult
+from offload.engines.base import (
+    INTERNAL_FOLDER,
+    NativeReport,
+    SubmitOutcome,
+    SubmitResult,
+    job_folder,
+)
 from offload.errors import (
     InvalidJobError,
     JobAlreadyExecutedError,
@@ -1538,12 +1545,15 @@ def delete(job: Job, *, actor: str = "") -> None:
 
 def remove_workspace(job: Job) -> None:
     """Remove the job's own workspace folder; never a shared folder, never outside offload's home.
-    For a workspace the app chose, only offload's bookkeeping folder inside it is removed."""
+    For a workspace the app chose, only the job's own bookkeeping folder inside it
+    (``.offload/job-<id>``) is removed: other jobs given the same workspace keep theirs."""
     if not job.workspace:
         return
     path = Path(job.workspace).resolve()
     if not job.owns_workspace:
-        shutil.rmtree(path / ".offload", ignore_errors=True)
+        shutil.rmtree(job_folder(str(path), job.pk), ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when no other job's folder is left in it
+            (path / INTERNAL_FOLDER).rmdir()
         return
     root = get_settings().workspace_root.resolve()
     expected_parent = user_workspace(job.label, job.user).resolve() / "jobs"

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import pytest
 from tests import dbtools
 
-from offload.engines.base import JobSpec
+from offload.engines.base import JobSpec, attempt_subpath
 from offload.models import Job
 from offload.monitor import Monitor
 from offload.transport.base import CommandResult
@@ -155,7 +155,7 @@ def spec_of(job: Job) -> JobSpec:
 
 def script_of(job: Job, attempt: int = 1) -> str:
     """The batch script offload wrote for the job's attempt (in its local workspace)."""
-    return (Path(job.workspace) / ".offload" / f"attempt-{attempt}" / "job.sh").read_text()
+    return (Path(job.workspace) / attempt_subpath(job.pk, attempt) / "job.sh").read_text()
 
 
 def monitor_fixture(name: str) -> Any:

@@ -21,7 +21,7 @@ from tests.integration import engine_support
 from tests.integration.engine_support import CountingRunner, fresh, spec_of
 
 from offload import JobManager
-from offload.engines.base import JobSpec
+from offload.engines.base import JobSpec, attempt_subpath
 from offload.engines.condor import CondorEngine
 from offload.errors import InvalidJobError
 from offload.models import CondorJob, IntentAction, Job, JobIntent
@@ -139,7 +139,7 @@ def test_a_job_runs_and_its_logs_are_read(
     assert logs["stderr"] == "oops\n"
     assert "Job terminated" in logs["condor_log"]
     folder = remote_folder(job)
-    submit = (folder / ".offload" / "attempt-1" / "job.sub").read_text()
+    submit = (folder / attempt_subpath(job.pk, 1) / "job.sub").read_text()
     assert f'+OffloadKey = "offload-{job.pk}-1"' in submit
     assert (folder / "out.txt").read_text() == "made\n"
     assert latency < 30, f"a trivial job took {latency:.1f} s"
@@ -188,7 +188,7 @@ def test_arguments_name_and_environment_full_of_metacharacters_run_verbatim(
     assert out == [repr([nasty, "", "$HOME"]), repr(nasty)]
     folder = remote_folder(job)
     assert not (folder / "pwned").exists() and not (folder / "pwned2").exists()
-    submit = (folder / ".offload" / "attempt-1" / "job.sub").read_text()
+    submit = (folder / attempt_subpath(job.pk, 1) / "job.sub").read_text()
     assert [line for line in submit.splitlines() if line.startswith("queue")] == ["queue 1"]
 
 
@@ -231,7 +231,7 @@ def test_set_attribute_and_a_template_shape_the_submission(
     done = run_to(monitor, until, job, "Complete", "Error")
     assert done.status == "Complete", done.status_message
     assert done.get_logs()["stdout"] == "one two\n"
-    submit = (remote_folder(job) / ".offload" / "attempt-1" / "job.sub").read_text()
+    submit = (remote_folder(job) / attempt_subpath(job.pk, 1) / "job.sub").read_text()
     assert "should_transfer_files = YES\n" in submit
     assert "request_memory = 64\n" in submit
 
@@ -345,7 +345,7 @@ def test_a_monitor_that_crashed_after_condor_submit_adopts_the_cluster(
     assert (remote_folder(job) / "starts.txt").read_text() == "started\n"
     # Exactly one cluster, in the queue or the history, carries this attempt's tag and file (job
     # ids repeat from one test database to the next; submit files are unique to one attempt).
-    submit = remote_folder(job) / ".offload" / "attempt-1" / "job.sub"
+    submit = remote_folder(job) / attempt_subpath(job.pk, 1) / "job.sub"
     key = f'OffloadKey == "offload-{job.pk}-1" && OffloadSubmission == "{submit}"'
     clusters = set()
     for command in ("condor_q", "condor_history"):
@@ -455,7 +455,7 @@ def test_resubmit_makes_a_new_cluster_and_attempt(
     assert second.status == "Complete", second.status_message
     assert int(second.native_id) > int(first.native_id)
     assert second.get_logs()["stdout"] == "run 2\n"
-    submit = (remote_folder(job) / ".offload" / "attempt-2" / "job.sub").read_text()
+    submit = (remote_folder(job) / attempt_subpath(job.pk, 2) / "job.sub").read_text()
     assert f'+OffloadKey = "offload-{job.pk}-2"' in submit
 
 
@@ -467,7 +467,7 @@ def test_delete_removes_the_cluster_from_the_queue(
     cleanup_jobs.append(job)
     job.execute()
     running = run_to(monitor, until, job, "Running")
-    folder = remote_folder(job) / ".offload"
+    folder = remote_folder(job) / ".offload" / f"job-{job.pk}"
     assert folder.is_dir()
     fresh(job).delete()
     until(
@@ -510,7 +510,7 @@ def test_a_batch_of_jobs_is_one_condor_submit_and_each_runs_as_its_own_cluster(
         stdout = [logs["stdout.0"], logs["stdout.1"]] if n == 3 else [logs["stdout"]]
         assert stdout == [f"job {n} is {job.pk}\n"] * len(stdout)
         assert (remote_folder(job) / "own.txt").read_text() == f"{n}\n"
-        submit = (remote_folder(job) / ".offload" / "attempt-1" / "job.sub").read_text()
+        submit = (remote_folder(job) / attempt_subpath(job.pk, 1) / "job.sub").read_text()
         assert f'+OffloadKey = "offload-{job.pk}-1"' in submit
         ads = json.loads(
             condor(

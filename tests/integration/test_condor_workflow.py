@@ -15,6 +15,7 @@ from test_condor import condor_lock, condor_pool, remote_folder  # noqa: F401 (f
 from tests import dbtools
 
 from offload import CondorWorkflow, CondorWorkflowJobNode, JobManager
+from offload.engines.base import attempt_subpath
 from offload.errors import InvalidJobError
 from offload.models import Job, JobIntent
 from offload.monitor import Monitor
@@ -106,7 +107,7 @@ def test_a_diamond_workflow_runs_its_nodes_in_order(
     logs = done.get_logs()
     assert "EXITING WITH STATUS 0" in logs["dagman.out"]
     assert logs["A.stdout"] == "A\n" and logs["D.stdout"] == "D\n"
-    folder = remote_folder(dag) / ".offload" / "attempt-1"
+    folder = remote_folder(dag) / attempt_subpath(dag.pk, 1)
     text = (folder / "workflow.dag").read_text()
     assert "MAXJOBS middle 1\n" in text and "PARENT B C CHILD D\n" in text
     assert 'VARS A greeting="say \\"hi\\""\n' in text

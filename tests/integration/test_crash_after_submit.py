@@ -30,6 +30,7 @@ import pytest
 from tests import dbtools
 from tests.integration.engine_support import SERVICES, engine_absent, service_lock
 
+from offload.engines.base import attempt_folder
 from offload.engines.condor import CondorEngine
 
 #: The job: still queued or running when the first monitor dies; two starts would show twice.
@@ -52,8 +53,10 @@ def options(kind: str) -> dict[str, Any]:
     return loaded
 
 
-def script_path(workspace: str) -> str:
-    return f"{workspace}/.offload/attempt-1/job.sh"
+def script_path(workspace: str, key: str) -> str:
+    """The job script of the attempt the key (``offload-<job>-<attempt>``) names."""
+    _, job_id, attempt = key.rsplit("-", 2)
+    return f"{attempt_folder(workspace, int(job_id), int(attempt))}/job.sh"
 
 
 # -- each scheduler's own record of the submissions of one attempt --------------------------------
@@ -61,13 +64,13 @@ def script_path(workspace: str) -> str:
 # together with something unique to this test's workspace.
 def slurm_submissions(key: str, workspace: str, name: str) -> set[str]:
     lines = run("squeue", "-h", "-t", "all", "-o", "%i|%k|%o").stdout.splitlines()
-    wanted = f"|{key}|{script_path(workspace)}"
+    wanted = f"|{key}|{script_path(workspace, key)}"
     return {line.split("|", 1)[0] for line in lines if line.endswith(wanted)}
 
 
 def pbs_submissions(key: str, workspace: str, name: str) -> set[str]:
     # The PBS commands are Slurm's wrappers: the job name is the key plus a hash of the script.
-    digest = hashlib.sha256(script_path(workspace).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(script_path(workspace, key).encode()).hexdigest()[:8]
     lines = run("squeue", "-h", "-t", "all", "-o", "%i|%j").stdout.splitlines()
     return {line.split("|", 1)[0] for line in lines if line.endswith(f"|{key}-{digest}")}
 
@@ -83,7 +86,7 @@ def sge_submissions(key: str, workspace: str, name: str) -> set[str]:
         }
         if f"offload_key={key}" in fields.get("context", "").split(",") and fields.get(
             "script_file"
-        ) == script_path(workspace):
+        ) == script_path(workspace, key):
             found.add(fields["job_number"])
     # Left the queue: the accounting, by the job's (unique) name.
     for line in run("qacct", "-j", name).stdout.splitlines():
@@ -95,7 +98,9 @@ def sge_submissions(key: str, workspace: str, name: str) -> set[str]:
 
 def condor_submissions(key: str, workspace: str, name: str) -> set[str]:
     engine = CondorEngine(options("CONDOR"))
-    submit = f"{engine.remote_workspace(workspace)}/.offload/attempt-1/job.sub"
+    _, job_id, attempt = key.rsplit("-", 2)
+    folder = attempt_folder(engine.remote_workspace(workspace), int(job_id), int(attempt))
+    submit = f"{folder}/job.sub"
     constraint = f"OffloadKey == {json.dumps(key)} && OffloadSubmission == {json.dumps(submit)}"
     found: set[str] = set()
     for command in ("condor_q", "condor_history"):

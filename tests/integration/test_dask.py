@@ -31,6 +31,7 @@ from tests import dbtools
 from tests.integration import dask_tasks
 
 from offload import JobManager
+from offload.engines.base import attempt_subpath
 from offload.engines.dask import DaskEngine
 from offload.errors import InvalidJobError
 from offload.models import DaskJob, IntentAction, Job, JobIntent
@@ -183,14 +184,14 @@ def test_a_delayed_object_runs_and_its_result_is_stored_in_the_workspace(
     job = dask_job(user)
     job.execute(dask.delayed(dask_tasks.add)(dask.delayed(dask_tasks.add)(1, 2), 10))
     assert fresh(job).status == "Submitted"
-    task_file = Path(job.workspace) / ".offload" / "task.dask"
+    task_file = Path(job.workspace) / ".offload" / f"job-{job.pk}" / "task.dask"
     assert task_file.exists()
     done = run_to(monitor, until, job, "Complete", "Error")
     assert done.status == "Complete", done.status_message
     assert done.native_id == f"offload-{job.pk}-1"
     assert done.key == done.native_id
     assert done.result == 13
-    result_file = Path(done.workspace) / ".offload" / "attempt-1" / "result.dask"
+    result_file = Path(done.workspace) / attempt_subpath(done.pk, 1) / "result.dask"
     assert result_file.exists()
     # Nothing pickled in the database: the engine state is plain, small JSON.
     state = done.engine_state
@@ -321,7 +322,7 @@ def test_forget_skips_the_result(user: Any, monitor: Monitor, until: Callable[..
     done = run_to(monitor, until, job, "Complete", "Error")
     assert done.status == "Complete", done.status_message
     assert done.result is None
-    assert not (Path(done.workspace) / ".offload" / "attempt-1" / "result.dask").exists()
+    assert not (Path(done.workspace) / attempt_subpath(done.pk, 1) / "result.dask").exists()
 
 
 @pytest.mark.django_db
@@ -478,7 +479,7 @@ def test_a_second_submission_of_the_same_attempt_adopts_the_task(
     from offload.engines.base import JobSpec
     from offload.engines.dask import task_bytes, write_task
 
-    write_task(str(tmp_path), task_bytes("callable", dask_tasks.slow, (0.5, "once"), {}))
+    write_task(str(tmp_path), 990001, task_bytes("callable", dask_tasks.slow, (0.5, "once"), {}))
     spec = JobSpec(990001, 1, "DASK", "adopt", str(tmp_path), {"task": "callable"})
     first, second = DaskEngine({"address": dask_cluster}), DaskEngine({"address": dask_cluster})
     try:

@@ -4,7 +4,6 @@ results are processed by process_results()."""
 
 from __future__ import annotations
 
-import inspect
 import threading
 from pathlib import Path
 from typing import Any
@@ -61,13 +60,8 @@ def _received() -> None:
 
 
 def _result_file(job: Job) -> Path:
-    """Where DaskJob.result reads the job's result from: the engine's own helper (its arguments
-    gain the job's id where each job has a folder of its own in the workspace)."""
-    names = list(inspect.signature(dask_engine.result_path).parameters)
-    args = (
-        [job.workspace, job.pk, job.attempt] if "job_id" in names else [job.workspace, job.attempt]
-    )
-    return Path(dask_engine.result_path(*args))
+    """Where DaskJob.result reads the job's result from: the engine's own helper."""
+    return dask_engine.result_path(job.workspace, job.pk, job.attempt)
 
 
 def _finished(user: Any, function: Any, result: Any = 7, **kwargs: Any) -> DaskJob:

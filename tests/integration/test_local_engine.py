@@ -102,7 +102,7 @@ def test_success_with_logs(user: Any, monitor: Monitor, until: Callable[..., Any
         ("RUN", "COM", "poll"),
     ]
     # The job ran in its own workspace.
-    folder = attempt_dir(done.workspace, 1)
+    folder = attempt_dir(done.workspace, done.pk, 1)
     assert (folder / "stdout.log").is_file()
     assert json.loads((folder / "exit.json").read_text())["returncode"] == 0
 
@@ -118,6 +118,47 @@ def test_nonzero_exit_is_error_with_the_code(
     assert "exited with code 3" in done.status_message
     assert done.completion_time is not None
     assert done.get_logs()["stderr"] == "bad input\n"
+
+
+@pytest.mark.django_db
+def test_jobs_sharing_a_workspace_keep_their_own_runs_logs_and_files(
+    user: Any, monitor: Monitor, until: Callable[..., Any], tmp_path: Path
+) -> None:
+    """An app may give several jobs one workspace (as Tethys apps do): each job's attempt has its
+    own folder, so neither adopts the other's run, reads its logs or deletes its files."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "input.txt").write_text("kept")
+    ok = local_job(user, "-c", "print('A')", workspace=str(shared))
+    bad = local_job(user, "-c", "import sys; print('B'); sys.exit(3)", workspace=str(shared))
+    ok.execute()
+    bad.execute()
+    done_ok = run_to(monitor, until, ok, "Complete", "Error")
+    done_bad = run_to(monitor, until, bad, "Complete", "Error")
+    assert done_ok.status == "Complete", done_ok.status_message
+    assert done_bad.status == "Error" and "exited with code 3" in done_bad.status_message
+    assert done_ok.get_logs()["stdout"] == "A\n"
+    assert done_bad.get_logs()["stdout"] == "B\n"
+    assert sorted(p.name for p in (shared / ".offload").iterdir()) == sorted(
+        [f"job-{ok.pk}", f"job-{bad.pk}"]
+    )
+    # Deleting one job removes its own folder only: the other job's logs and the app's files stay.
+    fresh(bad).delete()
+    until(
+        lambda: not Job.objects.filter(pk=bad.pk).exists(),
+        step=monitor.run_cycle,
+        what="the deleted job's row to go",
+    )
+    assert not (shared / ".offload" / f"job-{bad.pk}").exists()
+    assert fresh(ok).get_logs()["stdout"] == "A\n"
+    assert (shared / "input.txt").read_text() == "kept"
+    fresh(ok).delete()
+    until(
+        lambda: not Job.objects.filter(pk=ok.pk).exists(),
+        step=monitor.run_cycle,
+        what="the other job's row to go",
+    )
+    assert sorted(p.name for p in shared.iterdir()) == ["input.txt"]
 
 
 @pytest.mark.django_db
@@ -337,12 +378,16 @@ def test_max_jobs_queues_beyond_the_limit(
     waiting = fresh(second)
     assert waiting.status == "Submitted"
     assert "waiting for a free local slot" in waiting.status_message
-    assert not attempt_dir(waiting.workspace, 1).joinpath("runner.json").exists()
+    assert not attempt_dir(waiting.workspace, waiting.pk, 1).joinpath("runner.json").exists()
     release(first)
     assert run_to(monitor, until, first, "Complete").status == "Complete"
     assert run_to(monitor, until, second, "Complete", "Error").status == "Complete"
-    first_exit = json.loads((attempt_dir(fresh(first).workspace, 1) / "exit.json").read_text())
-    second_run = json.loads((attempt_dir(fresh(second).workspace, 1) / "runner.json").read_text())
+    first_exit = json.loads(
+        (attempt_dir(fresh(first).workspace, first.pk, 1) / "exit.json").read_text()
+    )
+    second_run = json.loads(
+        (attempt_dir(fresh(second).workspace, second.pk, 1) / "runner.json").read_text()
+    )
     assert second_run["started"] >= first_exit["finished"]
     assert fresh(second).get_logs()["stdout"] == "second\n"
     monitor.shutdown()
@@ -388,7 +433,7 @@ def test_job_that_ended_while_no_monitor_ran(
     for job in (ok, failing):
         release(job)
     for job in (ok, failing):
-        exit_file = attempt_dir(fresh(job).workspace, 1) / "exit.json"
+        exit_file = attempt_dir(fresh(job).workspace, job.pk, 1) / "exit.json"
         until(exit_file.exists, what="the job to end on its own")
     assert status_of(ok) == status_of(failing) == "Running"  # nobody has looked yet
     second_monitor = Monitor("monitor-b")
@@ -450,7 +495,10 @@ def test_crash_after_the_attempt_already_ended_adopts_its_exit(
         dict(loaded.parameters),
     )
     engine.submit_batch([spec])
-    until((attempt_dir(loaded.workspace, 1) / "exit.json").exists, what="the attempt to end")
+    until(
+        (attempt_dir(loaded.workspace, loaded.pk, 1) / "exit.json").exists,
+        what="the attempt to end",
+    )
     done = run_to(monitor, until, job, "Complete", "Error")
     assert done.status == "Complete"
     assert (Path(loaded.workspace) / "starts.txt").read_text() == "started\n"

@@ -97,8 +97,10 @@ def check_every_job_ran_once(url: str, count: int) -> dict[str, int]:
         assert attempt == 1
         starts = (Path(workspace) / "starts.txt").read_text()
         assert starts == "started\n", f"job {job_id} started {starts.count('started')} times"
-        folders = sorted(p.name for p in (Path(workspace) / ".offload").iterdir())
+        own = Path(workspace) / ".offload" / f"job-{job_id}"
+        folders = sorted(p.name for p in own.iterdir())
         assert folders == ["attempt-1"], (job_id, folders)
+        assert [p.name for p in own.parent.iterdir()] == [own.name]
         runner_files = list((Path(workspace) / ".offload").rglob("runner.json"))
         assert len(runner_files) == 1
     # One step out of Submitted per job: to Running, or straight to Complete when the whole run

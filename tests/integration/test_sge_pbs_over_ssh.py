@@ -19,7 +19,7 @@ from test_ssh import sshd  # noqa: F401 (fixture)
 from tests import dbtools
 
 from offload import JobManager
-from offload.engines.base import BatchSchedulerEngine
+from offload.engines.base import BatchSchedulerEngine, attempt_folder
 from offload.models import Job
 from offload.monitor import Monitor
 from offload.schedulers import create_scheduler
@@ -110,7 +110,7 @@ def check_run(monitor: Monitor, ok: Job, bad: Job, key: str) -> None:
     engine = monitor.engines[key]
     assert isinstance(engine, BatchSchedulerEngine) and isinstance(engine.runner, SSHRunner)
     script = engine.runner.read_text(
-        f"{engine.remote_workspace(ok.workspace)}/.offload/attempt-1/job.sh"
+        f"{attempt_folder(engine.remote_workspace(ok.workspace), ok.pk, 1)}/job.sh"
     )
     assert script and "\n#$ -u" not in script and "\n#PBS -u" not in script
     assert engine.runner.connections_opened == 1

@@ -21,6 +21,7 @@ from tests.integration import engine_support
 from tests.integration.engine_support import CountingRunner, fresh, script_of, spec_of
 
 from offload import JobManager, SlurmJob
+from offload.engines.base import attempt_folder
 from offload.engines.slurm import SlurmEngine
 from offload.errors import InvalidJobError
 from offload.models import IntentAction, Job, JobIntent
@@ -296,7 +297,7 @@ def test_a_monitor_that_crashed_after_sbatch_adopts_the_submission(
     assert intent.outcome == "adopted"
     assert (Path(loaded.workspace) / "starts.txt").read_text() == "started\n"
     # Exactly one Slurm job carries this attempt's tag and script.
-    script = f"{loaded.workspace}/.offload/attempt-1/job.sh"
+    script = f"{attempt_folder(loaded.workspace, loaded.pk, 1)}/job.sh"
     tagged = subprocess.run(
         ["squeue", "-h", "-t", "all", "-o", "%i|%k|%o"],
         capture_output=True,

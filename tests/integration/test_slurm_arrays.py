@@ -17,7 +17,7 @@ import pytest
 from test_slurm import fresh, queue_state, slurm_cluster, slurm_job, slurm_lock  # noqa: F401
 from tests import dbtools
 
-from offload.engines.base import JobSpec
+from offload.engines.base import JobSpec, attempt_subpath
 from offload.errors import InvalidJobError
 from offload.models import IntentAction, Job, JobIntent
 from offload.monitor import Monitor
@@ -99,7 +99,7 @@ def test_an_array_with_one_failing_task_is_various_then_various_complete_then_co
     job.execute()
     various = wait_status(monitor, until, job, "Various", "Various-Complete", "Complete", "Error")
     assert various.status == "Various", various.status_message
-    script_text = (Path(various.workspace) / ".offload" / "attempt-1" / "job.sh").read_text()
+    script_text = (Path(various.workspace) / attempt_subpath(various.pk, 1) / "job.sh").read_text()
     assert "#SBATCH --array=1-3\n" in script_text
     done = wait_status(monitor, until, job, "Complete", "Error")
     assert done.status == "Complete", done.status_message

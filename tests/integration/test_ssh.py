@@ -26,7 +26,7 @@ from tests.integration import engine_support
 from tests.integration.engine_support import apply_exports, fresh
 
 from offload import JobManager
-from offload.engines.base import JobHandle
+from offload.engines.base import JobHandle, attempt_folder, attempt_subpath
 from offload.engines.slurm import SlurmEngine
 from offload.errors import EngineUnavailableError
 from offload.models import Job
@@ -372,7 +372,7 @@ def test_slurm_over_ssh_runs_jobs_verbatim_on_one_connection(
     # (A local copy appears only when the finished job's files are copied back.)
     local_copy = (Path(ok.workspace) / ".offload").exists()
     assert not local_copy or "staged_out" in (fresh(ok).engine_state or {})
-    script = engine.runner.read_text(f"{remote}/.offload/attempt-1/job.sh") or ""
+    script = engine.runner.read_text(f"{attempt_folder(remote, ok.pk, 1)}/job.sh") or ""
     assert "\n#SBATCH --uid" not in script
     assert f"#SBATCH --comment=offload-{ok.pk}-1" in script
     # Submissions, polls and log reads of the whole run shared one connection.
@@ -521,7 +521,7 @@ def test_slurm_over_ssh_stages_inputs_in_and_outputs_back_before_results(
     # Back: outputs and this attempt's logs, into the local workspace, mtimes kept.
     workspace = Path(done.workspace)
     assert (workspace / "out" / "result.txt").read_text() == "HELLO FROM THE PORTAL\n"
-    assert (workspace / ".offload" / "attempt-1" / "stdout.log").read_text() == "done\n"
+    assert (workspace / attempt_subpath(done.pk, 1) / "stdout.log").read_text() == "done\n"
     staged = done.engine_state["staged_out"]
     assert staged["attempt"] == 1 and staged["files"] >= 3
     # All over the one connection.

@@ -14,6 +14,7 @@ import pytest
 from django.test import Client
 
 from offload import JobManager
+from offload.engines.base import attempt_subpath
 from offload.models import Job
 from offload.monitor import Monitor
 from offload.web import files
@@ -59,7 +60,7 @@ def bob(other_user: Any) -> Client:
 # -- listing --------------------------------------------------------------------------------------
 def test_job_page_lists_the_workspace_files(alice: Client, user: Any) -> None:
     job = _job_with_files(user)
-    internal = Path(job.workspace) / ".offload" / "attempt-1"
+    internal = Path(job.workspace) / attempt_subpath(job.pk, 1)
     internal.mkdir(parents=True)
     (internal / "runner.json").write_text("{}")
     response = alice.get(f"/jobs/{job.pk}/")
@@ -240,7 +241,7 @@ def test_other_users_get_404_on_every_file_and_log_route(
 
 # -- logs -----------------------------------------------------------------------------------------
 def _write_log(job: Job, name: str, data: bytes, mode: str = "ab") -> None:
-    folder = Path(job.workspace) / ".offload" / f"attempt-{job.attempt}"
+    folder = Path(job.workspace) / attempt_subpath(job.pk, job.attempt)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / name, mode) as handle:
         handle.write(data)

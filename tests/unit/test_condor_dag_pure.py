@@ -80,26 +80,26 @@ def test_the_dag_file_and_node_submit_files() -> None:
     assert engine.validate(params) == params
     spec = JobSpec(5, 2, "CONDORWORKFLOW", "wf", "/w/5", params)
     files = engine.render_workflow(spec, params)
-    dag = files["/w/5/.offload/attempt-2/workflow.dag"]
+    dag = files["/w/5/.offload/job-5/attempt-2/workflow.dag"]
     for line in (
-        "JOB A /w/5/.offload/attempt-2/A.sub",
+        "JOB A /w/5/.offload/job-5/attempt-2/A.sub",
         'VARS A msg="say \\"hi\\" \\\\ bye"',
         "RETRY A 2 UNLESS-EXIT 9",
         "SCRIPT PRE B /bin/pre $JOB 1",
-        "JOB C /w/5/.offload/attempt-2/C.sub NOOP",
+        "JOB C /w/5/.offload/job-5/attempt-2/C.sub NOOP",
         "CATEGORY C io",
         "PRIORITY C 5",
         "ABORT-DAG-ON D 3 RETURN 1",
         "PARENT A CHILD B",
         "PARENT B C CHILD D",
         "MAXJOBS io 2",
-        "NODE_STATUS_FILE /w/5/.offload/attempt-2/workflow.status 2",
+        "NODE_STATUS_FILE /w/5/.offload/job-5/attempt-2/workflow.status 2",
     ):
         assert line + "\n" in dag
-    submit = files["/w/5/.offload/attempt-2/B.sub"]
-    assert "output = /w/5/.offload/attempt-2/B.stdout.$(Process).log\n" in submit
+    submit = files["/w/5/.offload/job-5/attempt-2/B.sub"]
+    assert "output = /w/5/.offload/job-5/attempt-2/B.stdout.$(Process).log\n" in submit
     assert "+OffloadKey" not in submit and '+OffloadNode = "offload-5-2/B"' in submit
-    command = engine.submit_command(spec, "/w/5/.offload/attempt-2/workflow.dag")
+    command = engine.submit_command(spec, "/w/5/.offload/job-5/attempt-2/workflow.dag")
     assert command[0] == "condor_submit_dag"
     assert '+OffloadKey = "offload-5-2"' in command
     with pytest.raises(InvalidJobError):
@@ -112,7 +112,7 @@ def test_the_dag_file_and_node_submit_files() -> None:
 NODE_STATUS = """[
   Type = "DagStatus";
   DagFiles = {
-    "/w/1/.offload/attempt-1/workflow.dag"
+    "/w/1/.offload/job-1/attempt-1/workflow.dag"
   };
   Timestamp = 1795278826; /* "Sat Nov 21 16:33:46 2026" */
   DagStatus = 6; /* "STATUS_ERROR (failed)" */

@@ -62,11 +62,11 @@ def test_a_plain_job_is_described_with_its_tags_logs_and_queue_count() -> None:
     assert "universe = vanilla" in lines  # the default template, vanilla_base
     assert "executable = /bin/echo" in lines
     assert """arguments = "'a b' 'it''s' 'x""y' '$(DOLLAR)HOME' ''\"""" in lines
-    assert "output = /w/job 12/.offload/attempt-1/stdout.$(Process).log" in lines
-    assert "log = /w/job 12/.offload/attempt-1/condor.log" in lines
+    assert "output = /w/job 12/.offload/job-12/attempt-1/stdout.$(Process).log" in lines
+    assert "log = /w/job 12/.offload/job-12/attempt-1/condor.log" in lines
     assert "initialdir = /w/job 12" in lines
     assert '+OffloadKey = "offload-12-1"' in lines
-    assert '+OffloadSubmission = "/w/job 12/.offload/attempt-1/job.sub"' in lines
+    assert '+OffloadSubmission = "/w/job 12/.offload/job-12/attempt-1/job.sub"' in lines
     assert lines[-1] == "queue 3"
     assert commands(text).count("queue") == 1
 
@@ -201,7 +201,7 @@ CONDOR_Q = """[
   "ClusterId": 41,
   "JobStatus": 2,
   "OffloadKey": "offload-7-1",
-  "OffloadSubmission": "/w/7/.offload/attempt-1/job.sub",
+  "OffloadSubmission": "/w/7/.offload/job-7/attempt-1/job.sub",
   "ProcId": 0
 }
 ,
@@ -334,9 +334,15 @@ def test_a_batch_is_each_job_with_its_own_queue_statement_and_a_cluster_each() -
     # Each job keeps everything of its own: tag, files, environment, arguments.
     for job_id, section in zip((1, 2, 3, 4), sections[:4], strict=True):
         assert f'+OffloadKey = "offload-{job_id}-1"' in section
-        assert f'+OffloadSubmission = "/w/job {job_id}/.offload/attempt-1/job.sub"' in section
+        assert (
+            f'+OffloadSubmission = "/w/job {job_id}/.offload/job-{job_id}/attempt-1/job.sub"'
+            in section
+        )
         assert f"initialdir = /w/job {job_id}\n" in section
-        assert f"output = /w/job {job_id}/.offload/attempt-1/stdout.$(Process).log" in section
+        assert (
+            f"output = /w/job {job_id}/.offload/job-{job_id}/attempt-1/stdout.$(Process).log"
+            in section
+        )
         assert f"OFFLOAD_JOB_ID='{job_id}'" in section
     # The same program twice in a row is spelled differently: condor_submit starts a new cluster
     # only when the executable's text changes.

@@ -155,7 +155,7 @@ def test_array_ranges() -> None:
 
 
 def test_a_recorded_script_runs_verbatim_and_keeps_its_exit_code(tmp_path: Path) -> None:
-    folder = tmp_path / ".offload" / "attempt-1"
+    folder = tmp_path / ".offload" / "job-1" / "attempt-1"
     folder.mkdir(parents=True)
     script = "echo one\ncat <<'EOF'\nnot the end: OFFLOAD_SCRIPT_END\nEOF\nexit 5\n"
     lines = script_body(
@@ -274,9 +274,11 @@ def test_the_sge_script_has_directives_then_the_quoted_command() -> None:
     assert "offload_dependency afterok 11\n" in script
     assert "offload_dependency afterany" not in script
     assert script.rstrip().endswith("exec echo 'a b' '$HOME'")
-    argv = engine.submit_command(sge_spec(array="1-10%2"), "/work/ws/.offload/attempt-2/job.sh")
+    argv = engine.submit_command(
+        sge_spec(array="1-10%2"), "/work/ws/.offload/job-5/attempt-2/job.sh"
+    )
     assert argv[:4] == ["qsub", "-terse", "-b", "n"]
-    assert "/work/ws/.offload/attempt-2/stdout.$TASK_ID.log" in argv
+    assert "/work/ws/.offload/job-5/attempt-2/stdout.$TASK_ID.log" in argv
 
 
 def test_sge_ids_and_refusals() -> None:
@@ -373,8 +375,8 @@ def test_the_pbs_script_and_command_line() -> None:
     ]
     assert directives[0].startswith("#PBS -N offload-5-2-")
     assert engine.validate(params)["memory"] == "1024mb"  # validating twice changes nothing
-    argv = engine.submit_command(pbs_spec(), "/work/ws/.offload/attempt-2/job.sh")
-    assert argv[0] == "/opt/pbs/bin/qsub" and argv[-1] == "/work/ws/.offload/attempt-2/job.sh"
+    argv = engine.submit_command(pbs_spec(), "/work/ws/.offload/job-5/attempt-2/job.sh")
+    assert argv[0] == "/opt/pbs/bin/qsub" and argv[-1] == "/work/ws/.offload/job-5/attempt-2/job.sh"
     # Slurm's qsub wrapper hands its arguments to a shell: such paths are refused, not quoted.
     with pytest.raises(InvalidJobError) as info:
         engine.submit_command(JobSpec(1, 1, "PBS", "x", "/a b;c", {}), "/a b;c/job.sh")

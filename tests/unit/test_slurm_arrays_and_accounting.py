@@ -90,11 +90,11 @@ def test_the_script_and_sbatch_line_of_an_array() -> None:
     spec = JobSpec(5, 1, "SLURM", "a", "/w", {"executable": "x", "array": "1-3%2"})
     script = engine.render_script(spec, engine.validate(spec.parameters))
     assert "#SBATCH --array=1-3%2\n" in script
-    assert '"${SLURM_ARRAY_JOB_ID}" > /w/.offload/attempt-1/jobid' in script
-    assert '/w/.offload/attempt-1/tasks/"${SLURM_ARRAY_TASK_ID}.jobid"' in script
-    argv = engine.submit_command(spec, "/w/.offload/attempt-1/job.sh")
-    assert "--output=/w/.offload/attempt-1/stdout-%A_%a.log" in argv
-    assert "--error=/w/.offload/attempt-1/stderr-%A_%a.log" in argv
+    assert '"${SLURM_ARRAY_JOB_ID}" > /w/.offload/job-5/attempt-1/jobid' in script
+    assert '/w/.offload/job-5/attempt-1/tasks/"${SLURM_ARRAY_TASK_ID}.jobid"' in script
+    argv = engine.submit_command(spec, "/w/.offload/job-5/attempt-1/job.sh")
+    assert "--output=/w/.offload/job-5/attempt-1/stdout-%A_%a.log" in argv
+    assert "--error=/w/.offload/job-5/attempt-1/stderr-%A_%a.log" in argv
     assert engine.submission_state(spec) == {"array": "1-3%2"}
 
 

@@ -85,10 +85,10 @@ def test_the_script_has_directives_then_the_quoted_command() -> None:
     assert "#SBATCH --time=10" in lines
     assert "#SBATCH --mem=2G" in lines
     assert lines[-1] == "exec echo 'a b' '$HOME'"
-    argv = engine.submit_command(spec(), "/work/ws/.offload/attempt-2/job.sh")
+    argv = engine.submit_command(spec(), "/work/ws/.offload/job-5/attempt-2/job.sh")
     assert argv[0] == "sbatch" and "--parsable" in argv
-    assert "--output=/work/ws/.offload/attempt-2/stdout.log" in argv
-    assert argv[-1] == "/work/ws/.offload/attempt-2/job.sh"
+    assert "--output=/work/ws/.offload/job-5/attempt-2/stdout.log" in argv
+    assert argv[-1] == "/work/ws/.offload/job-5/attempt-2/job.sh"
 
 
 def test_a_script_body_is_written_verbatim() -> None:

@@ -35,6 +35,27 @@ from offload.status import Status
 from offload.transport import runner_for
 from offload.transport.base import CommandResult, CommandRunner
 
+#: offload's own folder inside a job's workspace. Each job keeps its files in ``job-<id>/`` in it
+#: (an attempt's in ``job-<id>/attempt-<n>/``), so jobs an app gives one shared workspace never
+#: read, overwrite or remove each other's scripts, logs or exit codes.
+INTERNAL_FOLDER = ".offload"
+
+
+def attempt_subpath(job_id: int, attempt: int) -> str:
+    """An attempt's folder relative to its workspace: ``.offload/job-<id>/attempt-<n>``."""
+    return f"{INTERNAL_FOLDER}/job-{int(job_id)}/attempt-{int(attempt)}"
+
+
+def job_folder(workspace: str, job_id: int) -> str:
+    """offload's folder for one job in its workspace: ``<workspace>/.offload/job-<id>``."""
+    return f"{workspace.rstrip('/')}/{INTERNAL_FOLDER}/job-{int(job_id)}"
+
+
+def attempt_folder(workspace: str, job_id: int, attempt: int) -> str:
+    """The folder of one attempt of one job (its script, logs and exit code):
+    ``<workspace>/.offload/job-<id>/attempt-<n>``."""
+    return f"{workspace.rstrip('/')}/{attempt_subpath(job_id, attempt)}"
+
 
 def submission_key(job_id: int, attempt: int) -> str:
     """The tag every native submission carries, so a monitor that crashed after submitting finds
@@ -329,19 +350,23 @@ class BatchSchedulerEngine(Engine):
         if remote_workspace == local_workspace:
             return []
         return self.runner.upload_tree(
-            local_workspace, remote_workspace, skip=lambda path: path == ".offload"
+            local_workspace, remote_workspace, skip=lambda path: path == INTERNAL_FOLDER
         )
 
     def stage_out(self, handle: JobHandle) -> list[str]:
-        """Copy the remote workspace back: outputs and this attempt's logs (``.offload/attempt-N``;
-        other attempts' folders were copied when they ended)."""
+        """Copy the remote workspace back: outputs and this attempt's logs
+        (``.offload/job-<id>/attempt-<n>``; other attempts' folders were copied when they ended,
+        other jobs' folders in a shared workspace are theirs)."""
         remote = self.remote_workspace(handle.workspace)
         if remote == handle.workspace:
             return []
-        own = f".offload/attempt-{handle.attempt}"
+        own = attempt_subpath(handle.job_id, handle.attempt)
+        internal = INTERNAL_FOLDER + "/"
 
         def skip(path: str) -> bool:
-            return path.startswith(".offload/") and not (path == own or path.startswith(own + "/"))
+            if not path.startswith(internal):
+                return False
+            return not (path == own or path.startswith(own + "/") or own.startswith(path + "/"))
 
         return self.runner.download_tree(remote, handle.workspace, skip=skip)
 

@@ -1,6 +1,6 @@
 """Pieces the batch engines share: validation of a batch job's command and resources, bash quoting,
 the job script's preamble, array ranges and per-task state, and the files an attempt keeps in
-``<workspace>/.offload/attempt-N/``.
+``<workspace>/.offload/job-<id>/attempt-<n>/``.
 
 Grid Engine and PBS use all of it. The Slurm engine (``engines/slurm.py``) uses the quoting, the
 command, name, number and dependency checks and the working folder; it keeps its own array, wall
@@ -25,6 +25,7 @@ from offload.engines.base import (
     SubmitOutcome,
     SubmitResult,
     aggregate_statuses,
+    attempt_folder,
     parse_dependencies,
     validate_arguments,
     validate_environment,
@@ -88,10 +89,6 @@ def bash_quote(value: str) -> str:
     return "$'" + "".join(out) + "'"
 
 
-def attempt_folder(workspace: str, attempt: int) -> str:
-    return f"{workspace.rstrip('/')}/.offload/attempt-{attempt}"
-
-
 def ids_from_jobid_files(
     runner: CommandRunner,
     specs: Sequence[JobSpec],
@@ -104,7 +101,9 @@ def ids_from_jobid_files(
     for spec in specs:
         if spec.key in found:
             continue
-        text = runner.read_text(f"{attempt_folder(spec.workspace, spec.attempt)}/jobid")
+        text = runner.read_text(
+            f"{attempt_folder(spec.workspace, spec.job_id, spec.attempt)}/jobid"
+        )
         native_id = (text or "").strip()
         if native_id_pattern.match(native_id):
             found[spec.key] = native_id
@@ -398,7 +397,7 @@ def script_body(
     ``task_expression`` (a bash expression for an array task's index) makes each task write its own
     ``stdout.<task>.log``/``stderr.<task>.log``, ``started.<task>`` when it starts and
     ``exit_code.<task>``: per-task state from files, for schedulers that cannot list tasks."""
-    folder = attempt_folder(workspace, attempt)
+    folder = attempt_folder(workspace, job_id, attempt)
     lines: list[str] = []
     if task_expression:
         lines += [
@@ -467,7 +466,7 @@ class ScriptBatchEngine(BatchSchedulerEngine):
 
     @staticmethod
     def script_path(spec: JobSpec) -> str:
-        return f"{attempt_folder(spec.workspace, spec.attempt)}/job.sh"
+        return f"{attempt_folder(spec.workspace, spec.job_id, spec.attempt)}/job.sh"
 
     def write_submission(self, spec: JobSpec) -> str:
         params = self.validate(spec.parameters)
@@ -513,7 +512,9 @@ class ScriptBatchEngine(BatchSchedulerEngine):
             raise EngineUnavailableError(f"{what} failed (exit {result.returncode}): {detail}")
 
     def get_logs(self, handle: JobHandle) -> dict[str, str]:
-        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        folder = attempt_folder(
+            self.remote_workspace(handle.workspace), handle.job_id, handle.attempt
+        )
         logs: dict[str, str] = {}
         if handle.state.get("array"):
             for task in array_task_ids(str(handle.state["array"]))[:100]:

@@ -1,13 +1,14 @@
 """The HTCondor engine (Tethys's CondorJob): a submit description per attempt, submitted with
-``condor_submit`` (alike jobs of a batch together, in one call: see ``submit_batch``); one ``condor_q -json`` per poll for every active offload job of the schedd (a
-constraint on offload's ClassAd tag), and ``condor_history -json`` only for jobs (procs) that left
-the queue. Through the command-line tools, so it works the same on this machine and over SSH.
+``condor_submit`` (alike jobs of a batch together, in one call: see ``submit_batch``); one
+``condor_q -json`` per poll for every active offload job of the schedd (a constraint on offload's
+ClassAd tag), and ``condor_history -json`` only for jobs (procs) that left the queue. Through the
+command-line tools, so it works the same on this machine and over SSH.
 
-Each attempt gets ``<workspace>/.offload/attempt-N/`` holding ``job.sub`` (the submit description),
-``stdout.<proc>.log``/``stderr.<proc>.log`` and ``condor.log`` (HTCondor's user log). Every
-submission carries ``+OffloadKey = "offload-<job>-<attempt>"`` and ``+OffloadSubmission = "<path of
-job.sub>"``, so a monitor that crashed after ``condor_submit`` finds the cluster instead of
-submitting again.
+Each attempt gets ``<workspace>/.offload/job-<id>/attempt-<n>/`` holding ``job.sub`` (the submit
+description), ``stdout.<proc>.log``/``stderr.<proc>.log`` and ``condor.log`` (HTCondor's user log).
+Every submission carries ``+OffloadKey = "offload-<job>-<attempt>"`` and ``+OffloadSubmission =
+"<path of job.sub>"``, so a monitor that crashed after ``condor_submit`` finds the cluster instead
+of submitting again.
 
 Nothing a user wrote becomes another submit command or a shell command: a submit command is one
 ``name = value`` line, so names must be plain identifiers and values may hold no line break (nor
@@ -34,10 +35,11 @@ from offload.engines.base import (
     SubmitOutcome,
     SubmitResult,
     aggregate_statuses,
+    attempt_folder,
+    job_folder,
     validate_arguments,
     validate_environment,
 )
-from offload.engines.batch_common import attempt_folder
 from offload.errors import (
     EngineError,
     EngineUnavailableError,
@@ -495,14 +497,14 @@ class CondorEngine(BatchSchedulerEngine):
     def submit_path(spec: JobSpec) -> str:
         """The file condor_submit (job.sub) or condor_submit_dag (workflow.dag) is given."""
         name = "workflow.dag" if is_workflow(spec.parameters) else "job.sub"
-        return f"{attempt_folder(spec.workspace, spec.attempt)}/{name}"
+        return f"{attempt_folder(spec.workspace, spec.job_id, spec.attempt)}/{name}"
 
     def render_submit(
         self, spec: JobSpec, params: Mapping[str, Any], node: str | None = None
     ) -> str:
         """A submit description: the job's, or one workflow node's (``node``: its files are
         ``<node>.stdout.<proc>.log`` … and it carries no tag; the DAGMan job does)."""
-        folder = attempt_folder(spec.workspace, spec.attempt)
+        folder = attempt_folder(spec.workspace, spec.job_id, spec.attempt)
         prefix = f"{node}." if node else ""
         commands: dict[str, str] = dict(CONDORPY_TEMPLATES[params["condorpy_template_name"]])
         commands.update(params.get("attributes") or {})
@@ -547,7 +549,7 @@ class CondorEngine(BatchSchedulerEngine):
 
     def render_workflow(self, spec: JobSpec, params: Mapping[str, Any]) -> dict[str, str]:
         """File path → text: each node's submit description and the DAG file."""
-        folder = attempt_folder(spec.workspace, spec.attempt)
+        folder = attempt_folder(spec.workspace, spec.job_id, spec.attempt)
         condor_dag.check_dag_path("workspace", folder)
         files: dict[str, str] = {}
         submit_files: dict[str, str] = {}
@@ -879,7 +881,9 @@ class CondorEngine(BatchSchedulerEngine):
     ) -> tuple[NativeReport, dict[str, Any] | None]:
         """A workflow's status from its DAGMan job and DAGMan's node status file: Various while
         nodes run, Various-Complete when all are done, Error naming the nodes that failed."""
-        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        folder = attempt_folder(
+            self.remote_workspace(handle.workspace), handle.job_id, handle.attempt
+        )
         graph = handle.state.get("graph") or {}
         text = self.runner.read_text(f"{folder}/workflow.status") or ""
         nodes = condor_dag.parse_node_status(text, graph)
@@ -984,7 +988,9 @@ class CondorEngine(BatchSchedulerEngine):
         """Each proc's stdout and stderr (``stdout``/``stderr`` for one proc, ``stdout.<n>``
         otherwise) and HTCondor's user log (``condor_log``); for a workflow, DAGMan's
         ``dagman.out`` and ``dagman.log`` and every node's ``<node>.stdout`` … files."""
-        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        folder = attempt_folder(
+            self.remote_workspace(handle.workspace), handle.job_id, handle.attempt
+        )
         logs: dict[str, str]
         if handle.state.get("workflow"):
             logs = {
@@ -1010,9 +1016,10 @@ class CondorEngine(BatchSchedulerEngine):
         return logs
 
     def cleanup(self, handle: JobHandle) -> None:
-        """Out of the queue, and offload's own files for the job (its ``.offload`` folder) gone;
-        the job's other files are the workspace's, which the store deletes when it owns it."""
+        """Out of the queue, and offload's own files for the job (its ``.offload/job-<id>``
+        folder) gone; the job's other files are the workspace's, which the store deletes when it
+        owns it. Other jobs sharing the workspace keep theirs."""
         self.cancel(handle)
         workspace = self.remote_workspace(handle.workspace)
         if workspace.strip("/"):
-            self.run(["rm", "-rf", "--", f"{workspace.rstrip('/')}/.offload"])
+            self.run(["rm", "-rf", "--", job_folder(workspace, handle.job_id)])

@@ -3,17 +3,18 @@
 ``DaskJob.execute(obj)`` runs in the app's process, where the task lives as a Python object: a
 ``dask.delayed`` object (or any Dask collection), a callable with its arguments, or a ``Future``
 already on a scheduler. The first two are written with Dask's own serialization into the job's
-workspace (``.offload/task.dask``), never into a database column; a Future's key is recorded (and
-the future held on its scheduler). The monitor submits the task with one :class:`Client` per
-scheduler, reused for every job and every cycle, under a key of its own per attempt
-(``offload-<job>-<attempt>``), so a monitor that restarts finds the task instead of submitting
-it again.
+workspace (``.offload/job-<id>/task.dask``), never into a database column; a Future's key is
+recorded (and the future held on its scheduler). The monitor submits the task with one
+:class:`Client` per scheduler, reused for every job and every cycle, under a key of its own per
+attempt (``offload-<job>-<attempt>``), so a monitor that restarts finds the task instead of
+submitting it again.
 
 Status comes from the scheduler's view (a client sees a running task as "pending"): one
 ``run_on_scheduler`` call per cycle answers for every key (:func:`dask_remote.task_states`).
 A finished task's result is gathered by the monitor and stored in the workspace, again with Dask's
-serialization (``.offload/attempt-N/result.dask``); ``DaskJob.result`` loads it. Every offload task
-is held on the scheduler by a pseudo-client until its result is stored (see :mod:`dask_remote`).
+serialization (``.offload/job-<id>/attempt-<n>/result.dask``); ``DaskJob.result`` loads it. Every
+offload task is held on the scheduler by a pseudo-client until its result is stored (see
+:mod:`dask_remote`).
 
 Options (``OFFLOAD_ENGINE_DASK='{"address": "tcp://127.0.0.1:8786"}'`` or a scheduler record):
 ``address`` (or the record's ``host``/``port``), ``timeout`` (seconds to connect and for each
@@ -42,6 +43,8 @@ from offload.engines.base import (
     NativeReport,
     SubmitOutcome,
     SubmitResult,
+    attempt_folder,
+    job_folder,
 )
 from offload.errors import EngineUnavailableError, InvalidJobError
 from offload.status import Status
@@ -75,16 +78,17 @@ def _pickle_remote_by_value() -> None:
         cloudpickle.register_pickle_by_value(dask_remote)
 
 
-def offload_folder(workspace: str) -> Path:
-    return Path(workspace) / ".offload"
+def offload_folder(workspace: str, job_id: int) -> Path:
+    """offload's folder for the job in its workspace (its task file and attempts)."""
+    return Path(job_folder(workspace, job_id))
 
 
-def attempt_folder(workspace: str, attempt: int) -> Path:
-    return offload_folder(workspace) / f"attempt-{attempt}"
+def attempt_dir(workspace: str, job_id: int, attempt: int) -> Path:
+    return Path(attempt_folder(workspace, job_id, attempt))
 
 
-def result_path(workspace: str, attempt: int) -> Path:
-    return attempt_folder(workspace, attempt) / RESULT_FILE
+def result_path(workspace: str, job_id: int, attempt: int) -> Path:
+    return attempt_dir(workspace, job_id, attempt) / RESULT_FILE
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -124,7 +128,7 @@ def task_kind(obj: Any) -> str:
 
 
 def task_bytes(kind: str, obj: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
-    """The task in Dask's serialization, for ``.offload/task.dask``."""
+    """The task in Dask's serialization, for ``.offload/job-<id>/task.dask``."""
     payload = {"kind": kind, "obj": obj, "args": tuple(args), "kwargs": dict(kwargs)}
     try:
         return serialize(payload)
@@ -134,14 +138,14 @@ def task_bytes(kind: str, obj: Any, args: Sequence[Any], kwargs: Mapping[str, An
         ) from None
 
 
-def write_task(workspace: str, data: bytes) -> Path:
-    path = offload_folder(workspace) / TASK_FILE
+def write_task(workspace: str, job_id: int, data: bytes) -> Path:
+    path = offload_folder(workspace, job_id) / TASK_FILE
     _write_atomic(path, data)
     return path
 
 
-def read_task(workspace: str) -> dict[str, Any]:
-    path = offload_folder(workspace) / TASK_FILE
+def read_task(workspace: str, job_id: int) -> dict[str, Any]:
+    path = offload_folder(workspace, job_id) / TASK_FILE
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -152,9 +156,9 @@ def read_task(workspace: str) -> dict[str, Any]:
     return payload
 
 
-def load_result(workspace: str, attempt: int) -> Any:
+def load_result(workspace: str, job_id: int, attempt: int) -> Any:
     """The stored result of an attempt (None when the job was run with ``forget=True``)."""
-    path = result_path(workspace, attempt)
+    path = result_path(workspace, job_id, attempt)
     if not path.exists():
         return None
     return deserialize(path.read_bytes())
@@ -427,7 +431,7 @@ class DaskEngine(Engine):
                 "(it was released, or the scheduler restarted)",
             )
         try:
-            self._submit_task(client, spec.workspace, key)
+            self._submit_task(client, spec.workspace, spec.job_id, key)
         except InvalidJobError as exc:
             return SubmitResult(spec.job_id, SubmitOutcome.REJECTED, message=exc.problem)
         except _connection_errors as exc:
@@ -447,10 +451,10 @@ class DaskEngine(Engine):
             spec.job_id, SubmitOutcome.SUBMITTED, native_id=key, state=state, native_status="sent"
         )
 
-    def _submit_task(self, client: Any, workspace: str, key: str) -> None:
+    def _submit_task(self, client: Any, workspace: str, job_id: int, key: str) -> None:
         from dask.delayed import delayed
 
-        payload = read_task(workspace)
+        payload = read_task(workspace, job_id)
         if payload["kind"] == "delayed":
             wrapped = delayed(dask_remote.identity, pure=False)(payload["obj"], dask_key_name=key)
             future = client.compute(wrapped)
@@ -546,14 +550,14 @@ class DaskEngine(Engine):
 
     def _missing_report(self, address: str, scheduler_id: str, handle: JobHandle) -> NativeReport:
         key = handle.native_id
-        if result_path(handle.workspace, handle.attempt).exists():
+        if result_path(handle.workspace, handle.job_id, handle.attempt).exists():
             return NativeReport(handle.job_id, Status.COMPLETE, "memory", "result stored")
         submitted_on = str(handle.state.get("scheduler_id") or "")
         if submitted_on and submitted_on != scheduler_id:
             # The scheduler restarted: everything it held is gone for sure.
             if handle.state.get("task") in ("delayed", "callable"):
                 try:
-                    self._submit_task(self.client(address), handle.workspace, key)
+                    self._submit_task(self.client(address), handle.workspace, handle.job_id, key)
                 except Exception as exc:
                     return NativeReport(
                         handle.job_id,
@@ -629,7 +633,7 @@ class DaskEngine(Engine):
                     handle.job_id, Status.ERROR, "memory", message
                 )
                 continue
-            path = result_path(handle.workspace, handle.attempt)
+            path = result_path(handle.workspace, handle.job_id, handle.attempt)
             try:
                 _write_atomic(path, serialize(values[key]))
             except Exception as exc:
@@ -665,14 +669,14 @@ class DaskEngine(Engine):
         for handle in handles:
             text = texts[handle.native_id]
             try:
-                path = attempt_folder(handle.workspace, handle.attempt) / LOG_FILE
+                path = attempt_dir(handle.workspace, handle.job_id, handle.attempt) / LOG_FILE
                 _write_atomic(path, text.encode())
             except OSError:
                 log.debug("job %s: could not write its Dask log", handle.job_id, exc_info=True)
 
     def _write_error(self, handle: JobHandle, text: str) -> None:
         try:
-            path = attempt_folder(handle.workspace, handle.attempt) / ERROR_FILE
+            path = attempt_dir(handle.workspace, handle.job_id, handle.attempt) / ERROR_FILE
             _write_atomic(path, (text + "\n").encode())
         except OSError:
             log.debug("job %s: could not write its error file", handle.job_id, exc_info=True)
@@ -704,7 +708,7 @@ class DaskEngine(Engine):
             logs["dashboard"] = dashboard
         if not handle.workspace:
             return logs
-        folder = attempt_folder(handle.workspace, handle.attempt)
+        folder = attempt_dir(handle.workspace, handle.job_id, handle.attempt)
         for name, filename in (("dask", LOG_FILE), ("error", ERROR_FILE)):
             path = folder / filename
             if path.exists():

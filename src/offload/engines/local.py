@@ -1,10 +1,10 @@
 """The LOCAL engine: runs a job's executable as a process group on the monitor's machine.
 
-Each attempt gets a folder ``<workspace>/.offload/attempt-N/`` holding the command, the runner's
-pids, ``stdout.log``/``stderr.log`` and, once it ends, ``exit.json``. The job is started through the
-detached runner (``local_runner.py``), so a monitor restart neither kills nor orphans it: the next
-monitor reads the same files. At most ``max_jobs`` run at once; beyond that submissions are deferred
-and retried next cycle.
+Each attempt gets a folder ``<workspace>/.offload/job-<id>/attempt-<n>/`` holding the command, the
+runner's pids, ``stdout.log``/``stderr.log`` and, once it ends, ``exit.json``. The job is started
+through the detached runner (``local_runner.py``), so a monitor restart neither kills nor orphans
+it: the next monitor reads the same files. At most ``max_jobs`` run at once; beyond that submissions
+are deferred and retried next cycle.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from offload.engines.base import (
     NativeReport,
     SubmitOutcome,
     SubmitResult,
+    attempt_folder,
     validate_arguments,
     validate_environment,
 )
@@ -43,19 +44,21 @@ RUNNER_FILE = local_runner.__file__
 LOG_LIMIT = 2_000_000  # characters of a log returned by get_logs
 
 
-def attempt_path(workspace: str, attempt: int) -> str:
+def attempt_path(workspace: str, job_id: int, attempt: int) -> str:
     """The folder of a job's attempt (its runner's files and logs), as a string."""
-    return os.path.join(workspace, ".offload", f"attempt-{attempt}")
+    return attempt_folder(workspace, job_id, attempt)
 
 
-def attempt_dir(workspace: str, attempt: int) -> Path:
-    return Path(attempt_path(workspace, attempt))
+def attempt_dir(workspace: str, job_id: int, attempt: int) -> Path:
+    return Path(attempt_folder(workspace, job_id, attempt))
 
 
 def _folder_path(handle: JobHandle) -> str:
     """The folder of the handle's attempt: as recorded in its state when it started, else where
     it would be."""
-    return str(handle.state.get("dir") or attempt_path(handle.workspace, handle.attempt))
+    return str(
+        handle.state.get("dir") or attempt_path(handle.workspace, handle.job_id, handle.attempt)
+    )
 
 
 def _alive(pid: int, start: Any) -> bool:
@@ -168,7 +171,7 @@ class LocalEngine(Engine):
 
     def _adopt(self, spec: JobSpec) -> SubmitResult | None:
         """An attempt that was already started (the monitor crashed before recording it)."""
-        folder = attempt_dir(spec.workspace, spec.attempt)
+        folder = attempt_dir(spec.workspace, spec.job_id, spec.attempt)
         runner = self._read_json(folder / "runner.json")
         if runner is None:
             if (folder / "exit.json").exists():
@@ -200,7 +203,7 @@ class LocalEngine(Engine):
         except InvalidJobError as exc:
             return SubmitResult(spec.job_id, SubmitOutcome.REJECTED, message=str(exc))
         workspace = Path(spec.workspace)
-        folder = attempt_dir(spec.workspace, spec.attempt)
+        folder = attempt_dir(spec.workspace, spec.job_id, spec.attempt)
         folder.mkdir(parents=True, exist_ok=True)
         env = self._job_env(spec, params)
         executable = self._resolve_executable(params["executable"], spec.workspace, env["PATH"])

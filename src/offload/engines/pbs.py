@@ -9,7 +9,7 @@ docs/engines.md for what those wrappers cannot show (exit codes, holds, failed d
 ``bin`` option names the folder holding the commands (so they need not be first on PATH, where
 Grid Engine's ``qsub`` may be).
 
-Each attempt gets ``<workspace>/.offload/attempt-N/`` holding ``job.sh``, ``stdout.log``,
+Each attempt gets ``<workspace>/.offload/job-<id>/attempt-<n>/`` holding ``job.sh``, ``stdout.log``,
 ``stderr.log``, ``jobid`` (written when the job starts), ``exit_code`` (written when its command
 ends) and, when offload stopped it, ``cancelled``. The PBS job name is
 ``offload-<job>-<attempt>-<hash of the script path>``: a monitor that crashed right after ``qsub``
@@ -33,6 +33,7 @@ from offload.engines.base import (
     JobHandle,
     JobSpec,
     NativeReport,
+    attempt_folder,
 )
 from offload.engines.batch_common import (
     CANCELLED_MARKER,
@@ -40,7 +41,6 @@ from offload.engines.batch_common import (
     ScriptBatchEngine,
     aggregate_tasks,
     array_task_ids,
-    attempt_folder,
     check_safe_path,
     exit_code_path,
     hms,
@@ -285,7 +285,7 @@ class PbsEngine(ScriptBatchEngine):
         return f"{spec.key}-{digest}"
 
     def render_script(self, spec: JobSpec, params: Mapping[str, Any]) -> str:
-        folder = attempt_folder(spec.workspace, spec.attempt)
+        folder = attempt_folder(spec.workspace, spec.job_id, spec.attempt)
         directives = [f"-N {self.job_name(spec)}"]
         if params.get("queue"):
             directives.append(f"-q {params['queue']}")
@@ -337,7 +337,9 @@ class PbsEngine(ScriptBatchEngine):
         return "\n".join(lines) + "\n"
 
     def submit_command(self, spec: JobSpec, script_path: str) -> list[str]:
-        folder = check_safe_path("workspace", attempt_folder(spec.workspace, spec.attempt))
+        folder = check_safe_path(
+            "workspace", attempt_folder(spec.workspace, spec.job_id, spec.attempt)
+        )
         return [
             self.command("qsub"),
             "-o",
@@ -387,7 +389,9 @@ class PbsEngine(ScriptBatchEngine):
         return reports
 
     def _file(self, handle: JobHandle, name: str) -> str | None:
-        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        folder = attempt_folder(
+            self.remote_workspace(handle.workspace), handle.job_id, handle.attempt
+        )
         return self.runner.read_text(f"{folder}/{name}")
 
     def _recorded_exit(self, handle: JobHandle) -> int | None:
@@ -432,7 +436,7 @@ class PbsEngine(ScriptBatchEngine):
         ``exit_code.N``), listed for every array in one command: the queue's view of an array
         differs between PBS Pro, Torque and Slurm's wrappers (which show one record for all)."""
         folders = {
-            n: attempt_folder(self.remote_workspace(h.workspace), h.attempt)
+            n: attempt_folder(self.remote_workspace(h.workspace), h.job_id, h.attempt)
             for n, h in arrays.items()
         }
         result = self.run(["sh", "-c", ARRAY_FILES, "array-files", *folders.values()])
@@ -516,7 +520,9 @@ class PbsEngine(ScriptBatchEngine):
         if not handle.native_id:
             return
         # First the marker: without an exit status a deleted job looks like a killed one.
-        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        folder = attempt_folder(
+            self.remote_workspace(handle.workspace), handle.job_id, handle.attempt
+        )
         self.runner.write_text(f"{folder}/{CANCELLED_MARKER}", "stopped through offload\n")
         self._control(handle, "qdel")
 

@@ -2,12 +2,12 @@
 with ``#$`` directives submitted with ``qsub -b n``, one ``qstat -xml`` per poll for every active
 job, and the accounting (``qacct -j``) only for jobs (or array tasks) that left the queue.
 
-Each attempt gets ``<workspace>/.offload/attempt-N/`` holding ``job.sh``, ``stdout.log`` and
-``stderr.log`` (``stdout.<task>.log`` … for arrays), ``jobid`` (written by the job when it starts)
-and, when offload stopped the job, ``cancelled`` (Grid Engine's accounting has no record of a job
-deleted while it waited, and records a deleted running job like any killed one). Every submission
-carries the context ``offload_key=offload-<job>-<attempt>`` (``-ac``), so a monitor that crashed
-right after ``qsub`` adopts the job instead of submitting it twice.
+Each attempt gets ``<workspace>/.offload/job-<id>/attempt-<n>/`` holding ``job.sh``, ``stdout.log``
+and ``stderr.log`` (``stdout.<task>.log`` … for arrays), ``jobid`` (written by the job when it
+starts) and, when offload stopped the job, ``cancelled`` (Grid Engine's accounting has no record of
+a job deleted while it waited, and records a deleted running job like any killed one). Every
+submission carries the context ``offload_key=offload-<job>-<attempt>`` (``-ac``), so a monitor that
+crashed right after ``qsub`` adopts the job instead of submitting it twice.
 
 Dependencies: Grid Engine's ``-hold_jid`` waits until the jobs it names have *ended*, however they
 ended (Slurm's ``afterany``). ``afterok`` and ``afternotok`` are kept all the same: the job script
@@ -33,6 +33,7 @@ from offload.engines.base import (
     JobHandle,
     JobSpec,
     NativeReport,
+    attempt_folder,
 )
 from offload.engines.batch_common import (
     CANCELLED_MARKER,
@@ -43,7 +44,6 @@ from offload.engines.batch_common import (
     ScriptBatchEngine,
     aggregate_tasks,
     array_task_ids,
-    attempt_folder,
     bash_quote,
     expand_task_list,
     hms,
@@ -298,7 +298,7 @@ class SgeEngine(ScriptBatchEngine):
 
     # -- the script ----------------------------------------------------------------------------
     def render_script(self, spec: JobSpec, params: Mapping[str, Any]) -> str:
-        folder = attempt_folder(spec.workspace, spec.attempt)
+        folder = attempt_folder(spec.workspace, spec.job_id, spec.attempt)
         directives = [
             "-S /bin/bash",
             f"-N {safe_job_name(spec.name, spec.key)}",
@@ -348,7 +348,7 @@ class SgeEngine(ScriptBatchEngine):
         return "\n".join(lines) + "\n"
 
     def submit_command(self, spec: JobSpec, script_path: str) -> list[str]:
-        folder = _sge_path("workspace", attempt_folder(spec.workspace, spec.attempt))
+        folder = _sge_path("workspace", attempt_folder(spec.workspace, spec.job_id, spec.attempt))
         # Grid Engine expands $TASK_ID in output paths: one pair of logs per array task.
         suffix = ".$TASK_ID" if spec.parameters.get("array") else ""
         return [
@@ -424,7 +424,9 @@ class SgeEngine(ScriptBatchEngine):
         return grouped
 
     def _marker(self, handle: JobHandle, name: str) -> str | None:
-        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        folder = attempt_folder(
+            self.remote_workspace(handle.workspace), handle.job_id, handle.attempt
+        )
         return self.runner.read_text(f"{folder}/{name}")
 
     def _ended(self, handle: JobHandle, record: AccountingRecord) -> NativeReport:
@@ -573,7 +575,9 @@ class SgeEngine(ScriptBatchEngine):
         if not handle.native_id:
             return
         # First the marker: Grid Engine's accounting cannot tell a deleted job from a killed one.
-        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        folder = attempt_folder(
+            self.remote_workspace(handle.workspace), handle.job_id, handle.attempt
+        )
         self.runner.write_text(f"{folder}/{CANCELLED_MARKER}", "stopped through offload\n")
         result = self.run(self.cancel_command(handle.native_id))
         text = result.stdout + result.stderr

@@ -2,10 +2,10 @@
 active job, and the accounting (``sacct``, or ``sacct -c`` on a cluster without slurmdbd) only
 for jobs that left the queue.
 
-Each attempt gets ``<workspace>/.offload/attempt-N/`` holding ``job.sh`` (the script, with its
-``#SBATCH`` directives), ``stdout.log``/``stderr.log`` and ``jobid`` (written by the job when it
-starts, so a monitor that crashed right after ``sbatch`` finds the job even after Slurm forgot it).
-Every submission carries ``--comment=offload-<job>-<attempt>`` for the same reason.
+Each attempt gets ``<workspace>/.offload/job-<id>/attempt-<n>/`` holding ``job.sh`` (the script,
+with its ``#SBATCH`` directives), ``stdout.log``/``stderr.log`` and ``jobid`` (written by the job
+when it starts, so a monitor that crashed right after ``sbatch`` finds the job even after Slurm
+forgot it). Every submission carries ``--comment=offload-<job>-<attempt>`` for the same reason.
 
 Nothing a user wrote becomes a directive or shell code: resource values are checked against strict
 formats, paths go on ``sbatch``'s argument list, and environment values, the command and its
@@ -26,6 +26,7 @@ from offload.engines.base import (
     JobSpec,
     NativeReport,
     aggregate_statuses,
+    attempt_folder,
     validate_environment,
 )
 from offload.engines.batch_common import (
@@ -33,7 +34,6 @@ from offload.engines.batch_common import (
     JOB_NAME_UNSAFE,
     LOG_LIMIT,
     WALL_TIME,
-    attempt_folder,
     bash_quote,
     ids_from_jobid_files,
     positive_int,
@@ -411,7 +411,7 @@ class SlurmEngine(BatchSchedulerEngine):
         return name or spec.key
 
     def render_script(self, spec: JobSpec, params: Mapping[str, Any]) -> str:
-        folder = attempt_folder(spec.workspace, spec.attempt)
+        folder = attempt_folder(spec.workspace, spec.job_id, spec.attempt)
         directives = [
             f"--job-name={self._job_name(spec)}",
             f"--comment={spec.key}",
@@ -473,7 +473,7 @@ class SlurmEngine(BatchSchedulerEngine):
     # -- BatchSchedulerEngine pieces -------------------------------------------------------------
     @staticmethod
     def script_path(spec: JobSpec) -> str:
-        return f"{attempt_folder(spec.workspace, spec.attempt)}/job.sh"
+        return f"{attempt_folder(spec.workspace, spec.job_id, spec.attempt)}/job.sh"
 
     def write_submission(self, spec: JobSpec) -> str:
         params = self.validate(spec.parameters)
@@ -482,7 +482,7 @@ class SlurmEngine(BatchSchedulerEngine):
         return path
 
     def submit_command(self, spec: JobSpec, script_path: str) -> list[str]:
-        folder = slurm_path(attempt_folder(spec.workspace, spec.attempt))
+        folder = slurm_path(attempt_folder(spec.workspace, spec.job_id, spec.attempt))
         workdir = working_directory(spec.workspace, spec.parameters.get("working_directory"))
         # An array's tasks each get their own logs: %A is the array's id, %a the task's index.
         suffix = "-%A_%a.log" if spec.parameters.get("array") else ".log"
@@ -662,7 +662,9 @@ class SlurmEngine(BatchSchedulerEngine):
         if self.accounting == "jobcomp":
             for array in arrays:
                 folder = attempt_folder(
-                    self.remote_workspace(array.handle.workspace), array.handle.attempt
+                    self.remote_workspace(array.handle.workspace),
+                    array.handle.job_id,
+                    array.handle.attempt,
                 )
                 for task, raw in array.need.items():
                     if not raw:
@@ -810,7 +812,9 @@ class SlurmEngine(BatchSchedulerEngine):
     def get_logs(self, handle: JobHandle) -> dict[str, str]:
         """``stdout``/``stderr``; for an array ``stdout-<array>_<task>`` … for each task that
         has started (the file names without ``.log``, as the web pages name them)."""
-        folder = attempt_folder(self.remote_workspace(handle.workspace), handle.attempt)
+        folder = attempt_folder(
+            self.remote_workspace(handle.workspace), handle.job_id, handle.attempt
+        )
         names = ["stdout", "stderr"]
         if handle.state.get("array"):
             tasks = handle.state.get("tasks")

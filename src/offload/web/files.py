@@ -3,7 +3,7 @@ following a symlink out of it, never a path outside it), downloads streamed with
 support, and the log files the engines keep in the workspace, read from an offset for a live tail.
 
 Everything here reads the local file system only: no request calls a scheduler or an engine.
-Where a job's logs live: ``<workspace>/.offload/attempt-<n>/`` (the local, Slurm and batch
+Where a job's logs live: ``<workspace>/.offload/job-<id>/attempt-<n>/`` (the local, Slurm and batch
 engines write ``stdout.log`` and ``stderr.log`` there; the Dask engine ``error.txt``; the local
 engine may name its folder in ``engine_state["dir"]``). An engine that runs on another machine
 must stage its logs back into that folder to have them shown.
@@ -24,10 +24,9 @@ from pathlib import Path
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.http import http_date, parse_http_date_safe, quote_etag
 
+from offload.engines.base import INTERNAL_FOLDER, attempt_subpath
 from offload.models import Job
 
-#: The engines' own folder in a workspace (task files, runner state, logs): not a result.
-INTERNAL_FOLDER = ".offload"
 #: Most files a listing shows (deeper or later files are counted, not listed).
 MAX_LISTED = 1000
 #: Deepest folder level a listing walks into.
@@ -301,7 +300,7 @@ def _disposition(filename: str) -> str:
 # -- logs ---------------------------------------------------------------------------------------
 def log_folder(job: Job) -> Path | None:
     """Where the current attempt's logs are: ``engine_state["dir"]`` when an engine named it
-    (and it is inside the workspace), else ``<workspace>/.offload/attempt-<n>``."""
+    (and it is inside the workspace), else ``<workspace>/.offload/job-<id>/attempt-<n>``."""
     if not job.attempt:
         return None
     root = workspace_root(job)
@@ -312,7 +311,7 @@ def log_folder(job: Job) -> Path | None:
         folder = _inside(root, Path(named))
         if folder is not None and folder.is_dir():
             return folder
-    folder = _inside(root, root / INTERNAL_FOLDER / f"attempt-{job.attempt}")
+    folder = _inside(root, root / attempt_subpath(job.pk, job.attempt))
     return folder if folder is not None and folder.is_dir() else None
 
 
