@@ -808,29 +808,17 @@ class DaskJob(Job):
 
     def store_result(self, value: Any) -> None:
         """Keep ``value`` as the job's result, what :attr:`result` loads from now on (Tethys's
-        DaskJob stores what its ``process_results_function`` returns). Written with Dask's
-        serialization over the file the monitor stored the task's result in
-        (``engine_state["result_file"]``). A job run with ``forget=True`` keeps no result."""
+        DaskJob stores what its ``process_results_function`` returns), in Dask's serialization
+        in the attempt's folder; raises for a value Dask cannot serialize. A job run with
+        ``forget=True`` keeps no result."""
         if self.forget:
             return
-        from pathlib import Path
-
-        from distributed.protocol.serialize import serialize_bytes
-
+        from offload.engines.dask import store_result
         from offload.errors import JobStateError
 
-        stored = str((self.engine_state or {}).get("result_file") or "")
-        if not stored:
-            raise JobStateError(
-                f"job {self.pk} has no stored result of attempt {self.attempt} to replace"
-            )
-        # As offload.engines.dask.serialize() writes it (what load_result reads), but raising for
-        # a value Dask cannot serialize instead of storing Dask's error in its place.
-        data = bytes(serialize_bytes(value, on_error="raise"))
-        path = Path(stored)
-        tmp = path.with_name(f".{path.name}.store.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        if not self.attempt or not self.workspace:
+            raise JobStateError(f"job {self.pk} has not run: it has no result to replace")
+        store_result(self.workspace, self.pk, self.attempt, value)
 
     def execute(self, *args: Any, **kwargs: Any) -> None:
         """``execute(delayed_or_future)`` or ``execute(function, *args, **kwargs)``."""

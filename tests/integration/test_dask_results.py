@@ -74,13 +74,11 @@ def _finished(user: Any, function: Any, result: Any = 7, **kwargs: Any) -> DaskJ
     job.save()
     Job.objects.filter(pk=job.pk).update(attempt=1)
     job = Job.objects.get(pk=job.pk)
-    state: dict[str, Any] = {}
     if not kwargs.get("forget"):
-        path = _result_file(job)
-        path.parent.mkdir(parents=True)
-        path.write_bytes(dask_engine.serialize(result))
-        state = {"result_file": str(path)}
-    Job.objects.filter(pk=job.pk).update(_status=Status.RESULTS_READY.value, engine_state=state)
+        # As the monitor stores it; the engine state names no file (as after a monitor that
+        # crashed and found the stored result), so the job finds it by its attempt alone.
+        dask_engine.store_result(job.workspace, job.pk, job.attempt, result)
+    Job.objects.filter(pk=job.pk).update(_status=Status.RESULTS_READY.value, engine_state={})
     fresh = Job.objects.get(pk=job.pk)
     assert isinstance(fresh, DaskJob)
     return fresh

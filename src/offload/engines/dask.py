@@ -99,9 +99,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def serialize(value: Any) -> bytes:
+    """``value`` in Dask's serialization; raises for a value Dask cannot serialize (instead of
+    Dask's default, which stores its error message in the value's place)."""
     from distributed.protocol.serialize import serialize_bytes
 
-    return bytes(serialize_bytes(value))
+    return bytes(serialize_bytes(value, on_error="raise"))
 
 
 def deserialize(data: bytes) -> Any:
@@ -154,6 +156,13 @@ def read_task(workspace: str, job_id: int) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("kind") not in ("delayed", "callable"):
         raise InvalidJobError("obj", f"{path} does not hold an offload Dask task")
     return payload
+
+
+def store_result(workspace: str, job_id: int, attempt: int, value: Any) -> Path:
+    """Keep ``value`` as the attempt's result (what :func:`load_result` returns from now on)."""
+    path = result_path(workspace, job_id, attempt)
+    _write_atomic(path, serialize(value))
+    return path
 
 
 def load_result(workspace: str, job_id: int, attempt: int) -> Any:
@@ -635,7 +644,7 @@ class DaskEngine(Engine):
                 continue
             path = result_path(handle.workspace, handle.job_id, handle.attempt)
             try:
-                _write_atomic(path, serialize(values[key]))
+                store_result(handle.workspace, handle.job_id, handle.attempt, values[key])
             except Exception as exc:
                 message = f"the result could not be serialized: {type(exc).__name__}: {exc}"
                 self._write_error(handle, message)
