@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from offload import store
-from offload.errors import InvalidJobError, JobStateError, NotSupportedError
+from offload.errors import InvalidJobError, JobNotFoundError, JobStateError, NotSupportedError
 from offload.models import ApiToken, EventSource, Job, JobEvent, JobIntent, Scheduler
 
 if TYPE_CHECKING:  # the admin classes are generic for type checkers only
@@ -158,7 +158,7 @@ class JobAdmin(JobAdminBase):
             try:
                 action(job, source=EventSource.USER, actor=request.user.get_username())
                 done += 1
-            except (JobStateError, NotSupportedError, InvalidJobError) as exc:
+            except (JobStateError, NotSupportedError, InvalidJobError, JobNotFoundError) as exc:
                 failed.append(str(exc))
         if done:
             self.message_user(request, f"{verb}: {done} job(s).", messages.SUCCESS)

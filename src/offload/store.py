@@ -1527,7 +1527,12 @@ def delete(job: Job, *, actor: str = "") -> None:
         return
     now = timezone.now()
     with transaction.atomic():
-        Job.objects.filter(pk=job.pk).update(deleted_at=now)
+        hidden = Job.objects.filter(pk=job.pk, deleted_at__isnull=True).update(deleted_at=now)
+        if not hidden:
+            # Deleted already (its monitor finishes that) or gone: deleting again is harmless and
+            # queues nothing more.
+            job.deleted_at = job.deleted_at or now
+            return
         job.deleted_at = now
         engine_cls = engine_class_for(job)
         if engine_cls.executes and (job.native_id or job.engine_state or job.attempt):

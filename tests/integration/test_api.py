@@ -438,3 +438,23 @@ def test_deleted_jobs_are_404(alice_api: Api, user: Any) -> None:
     job = _job(user)
     Job.objects.filter(pk=job.pk).update(deleted_at=timezone.now())
     assert alice_api.get(f"/jobs/{job.pk}").status_code == 404
+
+
+def test_an_action_racing_a_delete_is_404(
+    alice_api: Api, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted between the API reading the job and acting on it: 404 with the reason, not a 500."""
+    from offload import store
+
+    real_stop = store.stop
+
+    def racing(job: Job, **kwargs: Any) -> None:
+        Job.objects.filter(pk=job.pk).delete()
+        real_stop(job, **kwargs)
+
+    monkeypatch.setattr(store, "stop", racing)
+    job = _job(user, "racing")
+    job.execute()
+    response = alice_api.post(f"/jobs/{job.pk}/cancel")
+    assert response.status_code == 404
+    assert f"job {job.pk} does not exist" in response.json()["detail"]

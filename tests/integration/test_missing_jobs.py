@@ -117,3 +117,18 @@ def test_deleting_a_job_twice_is_harmless(manager: JobManager, user: Any, job_ty
     job.delete()
     copy.delete()
     assert manager.get_job(job.pk) is None
+    if job_type == "LOCAL":  # one DELETE intent, however often it was asked
+        assert JobIntent.objects.filter(job_id=job.pk, action="delete").count() == 1
+
+
+def test_deleting_a_job_whose_row_a_monitor_already_removed_is_harmless(
+    manager: JobManager, user: Any
+) -> None:
+    job = manager.create_job("purged", user, job_type="LOCAL", executable="true")
+    job.execute()
+    copy = Job.objects.get(pk=job.pk)
+    job.delete()
+    _remove_row(job)  # what the monitor does once the job is stopped and its files are gone
+    copy.delete()
+    assert not Job.objects.filter(pk=job.pk).exists()
+    assert not JobIntent.objects.filter(job_id=job.pk).exists()

@@ -789,3 +789,38 @@ def test_admin_pages_and_scheduler_secrets(
     assert _reload(job).status == "Aborted"
     assert JobEvent.objects.filter(job_id=job.pk).latest("id").actor == "root"
     assert Status.ABORTED.value == _reload(job)._status
+
+
+def test_an_action_racing_a_delete_is_404_not_a_server_error(
+    alice: Client, user: Any, django_user_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job is deleted between the page reading it and the action: a real delete, then the real
+    store.stop, which finds no job."""
+    from offload import store
+
+    real_stop = store.stop
+
+    def racing(job: Job, **kwargs: Any) -> None:
+        Job.objects.filter(pk=job.pk).delete()
+        real_stop(job, **kwargs)
+
+    monkeypatch.setattr(store, "stop", racing)
+    job = _job(user, "racing", execute=True)
+    assert alice.post(f"/jobs/{job.pk}/cancel/").status_code == 404
+    other = _job(user, "racing too", execute=True)
+    response = alice.post(f"/jobs/{other.pk}/cancel/", {"next": "/jobs/"})
+    assert response.status_code == 302 and response["Location"] == "/jobs/"
+    assert f"job {other.pk} does not exist" in alice.get("/jobs/").content.decode()
+    # The admin's bulk cancel reports it among the jobs it could not act on.
+    root = django_user_model.objects.create_superuser("root", password="pw-root")
+    admin = Client()
+    admin.force_login(root)
+    third = _job(user, "racing in the admin", execute=True)
+    response = admin.post(
+        "/admin/offload/job/",
+        {"action": "cancel_jobs", "_selected_action": [third.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    assert f"job {third.pk} does not exist" in shown, shown

@@ -29,6 +29,7 @@ from offload import schedulers as scheduler_registry
 from offload import store
 from offload.errors import (
     InvalidJobError,
+    JobNotFoundError,
     JobStateError,
     NotSupportedError,
     TemplateNotFoundError,
@@ -136,6 +137,12 @@ def _invalid(request: HttpRequest, exc: InvalidJobError) -> HttpResponse:
 @api.exception_handler(TemplateNotFoundError)
 def _no_template(request: HttpRequest, exc: TemplateNotFoundError) -> HttpResponse:
     return error(request, 422, f"template: {exc}", "template")
+
+
+@api.exception_handler(JobNotFoundError)
+def _gone(request: HttpRequest, exc: JobNotFoundError) -> HttpResponse:
+    """The job went (deleted, or its row purged) between reading it and acting on it."""
+    return error(request, 404, str(exc))
 
 
 @api.exception_handler(JobStateError)

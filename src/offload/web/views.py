@@ -34,7 +34,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from offload import store
-from offload.errors import InvalidJobError, JobStateError, NotSupportedError
+from offload.errors import InvalidJobError, JobNotFoundError, JobStateError, NotSupportedError
 from offload.models import JOB_TYPES, EventSource, Job, JobEvent
 from offload.status import FINAL, RESULTS_PENDING, STATUS_CHOICES, Status
 from offload.web import TEMPLATES_DIR, access, detailed_status, files, listing
@@ -512,6 +512,11 @@ def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
         return _detail(request, job, error=refusal, status=403)
     try:
         done = perform(job, _username(request))
+    except JobNotFoundError as exc:  # deleted since the page was read
+        if back:
+            messages.error(request, str(exc), fail_silently=True)
+            return redirect(back)
+        raise Http404(str(exc)) from None
     except (InvalidJobError, JobStateError, NotSupportedError) as exc:
         if back:
             messages.error(request, str(exc), fail_silently=True)
