@@ -377,11 +377,11 @@ def _field_plan() -> list[tuple[Any, str, tuple[type, ...], bool]]:
 
 def bulk_create_jobs(jobs: Sequence[Job], batch_size: int = 1000) -> list[Job]:
     """Insert many new jobs at once (the fast path): ``{id}`` and default workspaces resolved, one
-    creation event each, the groups and statuses create_job was given, and no query per job. On PostgreSQL the ids are taken from the sequence
-    first, so each row is complete, and the jobs and their events are written with ``COPY``;
-    elsewhere the ids come back from the INSERT and the database puts them into names and
-    workspaces (at most two UPDATEs per batch), and writes the events from the job rows (one
-    INSERT … SELECT per batch)."""
+    creation event each, the groups and statuses create_job was given, and no query per job. On
+    PostgreSQL the ids are taken from the sequence first, so each row is complete, and the jobs and
+    their events are written with ``COPY``; elsewhere the ids come back from the INSERT and the
+    database puts them into names and workspaces (at most two UPDATEs per batch), and writes the
+    events from the job rows (one INSERT … SELECT per batch)."""
     jobs = list(jobs)
     names = [job.name for job in jobs]
     prefixes: dict[tuple[str, Any], str] = {}
