@@ -664,7 +664,7 @@ def bench_monitor(results: Results, users: list[Any], jobs: int) -> None:
     from django.utils import timezone
 
     from offload import JobManager
-    from offload.engines.local import attempt_dir
+    from offload.engines.base import attempt_dir
     from offload.engines.local_runner import proc_start_time
     from offload.models import IntentAction, Job, JobIntent
     from offload.monitor.loop import Monitor

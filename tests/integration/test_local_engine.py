@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from offload import JobManager, LocalJob
-from offload.engines.base import JobSpec
-from offload.engines.local import attempt_dir
+from offload.engines.base import JobSpec, attempt_dir
 from offload.engines.local_runner import proc_state
 from offload.models import IntentAction, Job, JobIntent
 from offload.monitor import Monitor

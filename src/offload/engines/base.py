@@ -21,6 +21,7 @@ import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from offload.errors import (
@@ -55,6 +56,11 @@ def attempt_folder(workspace: str, job_id: int, attempt: int) -> str:
     """The folder of one attempt of one job (its script, logs and exit code):
     ``<workspace>/.offload/job-<id>/attempt-<n>``."""
     return f"{workspace.rstrip('/')}/{attempt_subpath(job_id, attempt)}"
+
+
+def attempt_dir(workspace: str, job_id: int, attempt: int) -> Path:
+    """:func:`attempt_folder` as a :class:`Path`, for engines that work on this machine's files."""
+    return Path(attempt_folder(workspace, job_id, attempt))
 
 
 def submission_key(job_id: int, attempt: int) -> str:

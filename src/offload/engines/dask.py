@@ -43,7 +43,7 @@ from offload.engines.base import (
     NativeReport,
     SubmitOutcome,
     SubmitResult,
-    attempt_folder,
+    attempt_dir,
     job_folder,
 )
 from offload.errors import EngineUnavailableError, InvalidJobError
@@ -81,10 +81,6 @@ def _pickle_remote_by_value() -> None:
 def offload_folder(workspace: str, job_id: int) -> Path:
     """offload's folder for the job in its workspace (its task file and attempts)."""
     return Path(job_folder(workspace, job_id))
-
-
-def attempt_dir(workspace: str, job_id: int, attempt: int) -> Path:
-    return Path(attempt_folder(workspace, job_id, attempt))
 
 
 def result_path(workspace: str, job_id: int, attempt: int) -> Path:
@@ -642,9 +638,8 @@ class DaskEngine(Engine):
                     handle.job_id, Status.ERROR, "memory", message
                 )
                 continue
-            path = result_path(handle.workspace, handle.job_id, handle.attempt)
             try:
-                store_result(handle.workspace, handle.job_id, handle.attempt, values[key])
+                path = store_result(handle.workspace, handle.job_id, handle.attempt, values[key])
             except Exception as exc:
                 message = f"the result could not be serialized: {type(exc).__name__}: {exc}"
                 self._write_error(handle, message)

@@ -30,6 +30,7 @@ from offload.engines.base import (
     NativeReport,
     SubmitOutcome,
     SubmitResult,
+    attempt_dir,
     attempt_folder,
     validate_arguments,
     validate_environment,
@@ -44,20 +45,11 @@ RUNNER_FILE = local_runner.__file__
 LOG_LIMIT = 2_000_000  # characters of a log returned by get_logs
 
 
-def attempt_path(workspace: str, job_id: int, attempt: int) -> str:
-    """The folder of a job's attempt (its runner's files and logs), as a string."""
-    return attempt_folder(workspace, job_id, attempt)
-
-
-def attempt_dir(workspace: str, job_id: int, attempt: int) -> Path:
-    return Path(attempt_folder(workspace, job_id, attempt))
-
-
 def _folder_path(handle: JobHandle) -> str:
     """The folder of the handle's attempt: as recorded in its state when it started, else where
     it would be."""
     return str(
-        handle.state.get("dir") or attempt_path(handle.workspace, handle.job_id, handle.attempt)
+        handle.state.get("dir") or attempt_folder(handle.workspace, handle.job_id, handle.attempt)
     )
 
 
