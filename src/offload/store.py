@@ -96,6 +96,8 @@ FIXED_FIELDS = {
     "creation_time": "creation_time",
     "job_type": "job_type",
 }
+#: Where a new job keeps the status create_job was given until it is stored.
+INITIAL_STATUS = "_initial_status"
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 
 #: App label → {custom status text → category}, declared through JobManager.
@@ -1330,10 +1332,6 @@ def set_initial_status(job: Job, value: str | Status) -> None:
     job.__dict__[INITIAL_STATUS] = value
 
 
-#: Where a new job keeps the status create_job was given until it is stored.
-INITIAL_STATUS = "_initial_status"
-
-
 def _apply_initial_statuses(jobs: Sequence[Job]) -> None:
     """Just-inserted jobs created with a status: move them to it, in the inserting transaction,
     with one UPDATE and one events INSERT per batch (as a poll's changes are written)."""
@@ -1655,11 +1653,7 @@ def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
             retry_intent(intent, message)
             _update_details(job, Change(Status(job._status), EventSource.MONITOR, message=message))
             return
-        state = dict(job.engine_state or {}) | {"results_error": message}
-        apply_change(
-            job, Change(Status.ERROR, EventSource.MONITOR, message, fields={"engine_state": state})
-        )
-        finish_intent(intent, message)
+        _results_failed(job, intent, message)
         return
     if keep:
         try:
@@ -1670,12 +1664,7 @@ def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
                 f"result: {type(exc).__name__}: {exc}"
             )
             log.warning("job %s: %s", job.pk, message)
-            state = dict(job.engine_state or {}) | {"results_error": message}
-            apply_change(
-                job,
-                Change(Status.ERROR, EventSource.MONITOR, message, fields={"engine_state": state}),
-            )
-            finish_intent(intent, message)
+            _results_failed(job, intent, message)
             return
     apply_change(
         job,
@@ -1686,6 +1675,16 @@ def run_results(job: Job, intent: JobIntent, *, retries: int = 3) -> None:
         ),
     )
     finish_intent(intent, "done")
+
+
+def _results_failed(job: Job, intent: JobIntent, message: str) -> None:
+    """The result step failed for good: Error with the reason, kept as ``results_error`` (so the
+    step can be retried), and the intent done."""
+    state = dict(job.engine_state or {}) | {"results_error": message}
+    apply_change(
+        job, Change(Status.ERROR, EventSource.MONITOR, message, fields={"engine_state": state})
+    )
+    finish_intent(intent, message)
 
 
 def call_results_function(job: Any, function: Callable[..., Any]) -> tuple[bool, Any]:
