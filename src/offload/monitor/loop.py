@@ -89,6 +89,20 @@ class Monitor:
             maximum=self.settings.retry_max,
         )
 
+    @staticmethod
+    def _failed(backoff: Backoff, doing: str, key: str, reason: object) -> float:
+        """Count a failure to reach scheduler ``key`` and log it; the delay before the next try."""
+        delay = backoff.failed(key)
+        log.warning(
+            "%s %s failed (%d in a row), next try in %.1f s: %s",
+            doing,
+            key,
+            backoff.failures(key),
+            delay,
+            reason,
+        )
+        return delay
+
     # -- engines --------------------------------------------------------------------------------
     def engine_for(self, job: Job) -> tuple[str, Engine]:
         key = group_key(job)
@@ -268,14 +282,7 @@ class Monitor:
             try:
                 results = engine.submit_batch(specs)
             except EngineUnavailableError as exc:
-                delay = self.submit_backoff.failed(key)
-                log.warning(
-                    "submitting to %s failed (%d in a row), next try in %.1f s: %s",
-                    key,
-                    self.submit_backoff.failures(key),
-                    delay,
-                    exc,
-                )
+                delay = self._failed(self.submit_backoff, "submitting to", key, exc)
                 # This batch is tried again then; the batches after it wait with it.
                 tried = {i.pk for i in batch}
                 waiting = ready[start:]
@@ -467,14 +474,7 @@ class Monitor:
             stats.stale += store.mark_stale(
                 jobs, reason=reason, last_contact=store.last_poll_success(f"poll:{key}")
             )
-            delay = self.poll_backoff.failed(key)
-            log.warning(
-                "polling %s failed (%d in a row), next try in %.1f s: %s",
-                key,
-                self.poll_backoff.failures(key),
-                delay,
-                reason,
-            )
+            delay = self._failed(self.poll_backoff, "polling", key, reason)
             # Hold the scheduler's poll lease until then, so another monitor does not poll it
             # in the meantime (this one's SIGTERM releases it as usual).
             store.claim_lease(

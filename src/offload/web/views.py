@@ -512,15 +512,12 @@ def job_action(request: HttpRequest, job_id: int, action: str) -> HttpResponse:
         return _detail(request, job, error=refusal, status=403)
     try:
         done = perform(job, _username(request))
-    except JobNotFoundError as exc:  # deleted since the page was read
+    except (InvalidJobError, JobStateError, NotSupportedError, JobNotFoundError) as exc:
         if back:
             messages.error(request, str(exc), fail_silently=True)
             return redirect(back)
-        raise Http404(str(exc)) from None
-    except (InvalidJobError, JobStateError, NotSupportedError) as exc:
-        if back:
-            messages.error(request, str(exc), fail_silently=True)
-            return redirect(back)
+        if isinstance(exc, JobNotFoundError):  # deleted since the page was read
+            raise Http404(str(exc)) from None
         code = 400 if isinstance(exc, InvalidJobError) else 409
         return _detail(request, job, error=str(exc), status=code)
     messages.success(request, done, fail_silently=True)
